@@ -1,0 +1,200 @@
+"""The stochastic policy of Flow-GRPO: one SDE denoising step and its Gaussian log-density.
+
+Conventions (see ``docs/method.md``):
+
+* sigma (= t) runs from 1 (noise) to 0 (data); a step goes from ``sigma`` to ``sigma_next < sigma``
+  and ``dt = sigma_next - sigma < 0``. The network predicts the velocity ``v ~ x_1 - x_0``.
+* ``sigma_t`` is the SDE's *diffusion coefficient*; it EXCLUDES ``sqrt(|dt|)``. The standard
+  deviation of the step (what multiplies the unit noise) is ``std = s_t = sigma_t * sqrt(|dt|)``.
+
+  - ``sde_type="flow_grpo"``: ``sigma_t = a * sqrt(t / (1 - t))``; at ``t = 1`` the next sigma
+    replaces t in the denominator (as the reference code does) to avoid a division by zero.
+  - ``sde_type="dance_grpo"``: constant ``sigma_t = a`` (DanceGRPO's eta). Its mean has the same
+    form, so the velocity enters with the t-dependent gain ``beta(t) = 1 + a^2 (1 - t) / (2 t)``.
+
+* The mean of the next state is ``mu = x + [v + sigma_t^2 / (2 t) * (x + (1 - t) v)] dt`` and the
+  next state is ``x_next = mu + s_t * eps``, ``eps ~ N(0, I)``. With ``a = 0`` this is exactly the
+  Euler ODE step ``x + v dt`` (what diffusers' ``FlowMatchEulerDiscreteScheduler.step`` computes).
+* The log-prob is the Gaussian log-density of ``x_next`` under ``N(mu, s_t^2 I)``, reduced over
+  every non-batch dimension: ``reduction="mean"`` (default, what Flow-GRPO and GRPO-Guard do and
+  what their published clip ranges are calibrated to) or ``"sum"`` (the true joint density; its
+  log-ratios are D times larger, so clip ranges must be about D times wider).
+* All arithmetic is done in float32 (float64 stays float64) whatever the input dtype, so that
+  bf16/fp16 networks still get float32 log-probs. Store ``next_state`` as returned (float32):
+  rounding it to the network dtype before re-evaluating its log-prob breaks ratio == 1.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from ._checks import as_per_sample, check_choice, check_finite, check_same_shape
+
+__all__ = [
+    "SDE_TYPES",
+    "REDUCTIONS",
+    "SDEStepOutput",
+    "sde_sigma_t",
+    "sde_velocity_gain",
+    "gaussian_log_prob",
+    "sde_step",
+]
+
+SDE_TYPES = ("flow_grpo", "dance_grpo")
+REDUCTIONS = ("mean", "sum")
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+class SDEStepOutput(NamedTuple):
+    """Result of :func:`sde_step` for a batch of B states of shape (B, *D).
+
+    Attributes:
+        next_state: (B, *D) float32 next state ``x_next`` (the given one, cast, if one was passed).
+        log_prob: (B,) float32 log-density of ``next_state`` under the step's Gaussian, reduced over
+            the D dimensions as requested; ``None`` for a deterministic step (noise level 0).
+        mean: (B, *D) float32 Gaussian mean ``mu``; carries gradient w.r.t. the velocity.
+        std: (B,) float32 step standard deviation ``s_t = sigma_t * sqrt(|dt|)``.
+        sigma_t: (B,) float32 diffusion coefficient (without ``sqrt(|dt|)``).
+    """
+
+    next_state: Tensor
+    log_prob: Tensor | None
+    mean: Tensor
+    std: Tensor
+    sigma_t: Tensor
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)
+
+
+def sde_sigma_t(sigma: Tensor, sigma_next: Tensor, noise_level: float, sde_type: str = "flow_grpo") -> Tensor:
+    """Diffusion coefficient ``sigma_t`` (excluding ``sqrt(|dt|)``), same shape as ``sigma``.
+
+    ``flow_grpo``: ``a * sqrt(t / (1 - t))``, using ``sigma_next`` for the denominator where t == 1.
+    ``dance_grpo``: the constant ``a``.
+    """
+    check_choice("sde_type", sde_type, SDE_TYPES)
+    if sde_type == "dance_grpo":
+        return torch.full_like(sigma, float(noise_level))
+    denom_t = torch.where(sigma >= 1, sigma_next, sigma)
+    return noise_level * torch.sqrt(sigma / (1 - denom_t))
+
+
+def sde_velocity_gain(sigma: Tensor, sigma_t: Tensor) -> Tensor:
+    """``beta(t) = 1 + sigma_t^2 (1 - t) / (2 t)``: d mu / d v = beta * dt.
+
+    Constant ``1 + a^2 / 2`` for the Flow-GRPO SDE (except at t = 1, where it is 1), t-dependent for
+    DanceGRPO's constant sigma_t. Used by the ``inv_beta_dt`` step weight.
+    """
+    return 1 + sigma_t**2 * (1 - sigma) / (2 * sigma)
+
+
+def gaussian_log_prob(x: Tensor, mean: Tensor, std: Tensor, reduction: str = "mean") -> Tensor:
+    """Log-density of ``x`` under ``N(mean, std^2 I)`` per sample, reduced over non-batch dims.
+
+    Args:
+        x, mean: (B, *D) tensors (``x`` is treated as data: it is detached).
+        std: (B,) per-sample standard deviation (> 0).
+        reduction: ``"mean"`` (average of the per-dimension log-densities) or ``"sum"``.
+
+    Returns:
+        (B,) log-probs in the promoted float dtype (at least float32).
+    """
+    check_choice("reduction", reduction, REDUCTIONS)
+    dtype = _compute_dtype(mean.dtype)
+    diff = x.detach().to(dtype) - mean.to(dtype)
+    sq = diff.pow(2).flatten(1).mean(1)  # (B,) mean over dims of (x - mu)^2
+    std = std.to(dtype)
+    per_dim = -sq / (2 * std**2) - torch.log(std) - _HALF_LOG_2PI
+    if reduction == "sum":
+        return per_dim * diff[0].numel()
+    return per_dim
+
+
+def sde_step(
+    velocity: Tensor,
+    state: Tensor,
+    sigma: float | Tensor,
+    sigma_next: float | Tensor,
+    noise_level: float = 0.7,
+    *,
+    next_state: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    noise: Tensor | None = None,
+    reduction: str = "mean",
+    sde_type: str = "flow_grpo",
+    check_inputs: bool = True,
+) -> SDEStepOutput:
+    """One Flow-GRPO SDE step from ``state`` at ``sigma`` to ``sigma_next`` and its log-prob.
+
+    Args:
+        velocity: (B, *D) predicted velocity ``v`` (any float dtype; CFG already applied).
+        state: (B, *D) current state ``x`` at ``sigma``.
+        sigma: current sigma, a number or a (B,) tensor (one per sample; samples may sit at
+            different steps), in (0, 1].
+        sigma_next: next sigma, same form, in [0, sigma).
+        noise_level: ``a`` >= 0. ``a = 0`` gives the deterministic Euler step (``log_prob`` is None).
+        next_state: if given (B, *D), evaluate its log-prob instead of sampling (the training pass).
+        generator: torch generator for the sampling noise (ignored when ``next_state`` or ``noise``
+            is given).
+        noise: explicit unit noise ``eps`` (B, *D) to use instead of drawing it.
+        reduction: ``"mean"`` or ``"sum"`` over the D dimensions for the log-prob.
+        sde_type: ``"flow_grpo"`` (sigma_t = a sqrt(t/(1-t))) or ``"dance_grpo"`` (sigma_t = a).
+        check_inputs: validate shapes, ranges and finiteness (costs one device sync).
+
+    Returns:
+        :class:`SDEStepOutput` (next_state, log_prob, mean, std, sigma_t).
+    """
+    check_choice("reduction", reduction, REDUCTIONS)
+    check_choice("sde_type", sde_type, SDE_TYPES)
+    if state.ndim < 2:
+        raise ValueError(f"state: expected shape (B, *D) with at least 2 dims, got {tuple(state.shape)}")
+    bsz = state.shape[0]
+    dtype = _compute_dtype(state.dtype)
+    sig = as_per_sample("sigma", sigma, bsz, state).to(dtype)
+    sig_next = as_per_sample("sigma_next", sigma_next, bsz, state).to(dtype)
+    if check_inputs:
+        check_same_shape("velocity", velocity, "state", state)
+        check_same_shape("next_state", next_state, "state", state)
+        check_same_shape("noise", noise, "state", state)
+        if not float(noise_level) >= 0:
+            raise ValueError(f"noise_level: must be >= 0, got {noise_level}")
+        check_finite("velocity", velocity)
+        check_finite("state", state)
+        check_finite("next_state", next_state)
+        check_finite("sigma", sig)
+        check_finite("sigma_next", sig_next)
+        if bool((sig <= 0).any() | (sig > 1).any()):
+            raise ValueError("sigma: every value must lie in (0, 1]")
+        if bool((sig_next < 0).any()):
+            raise ValueError("sigma_next: every value must be >= 0")
+        if bool((sig_next >= sig).any()):
+            raise ValueError("sigma_next: must be < sigma (time runs from 1 to 0)")
+    if noise_level == 0 and next_state is not None:
+        raise ValueError("next_state: a deterministic step (noise_level=0) has no density to evaluate")
+
+    bshape = (bsz,) + (1,) * (state.ndim - 1)
+    x = state.to(dtype)
+    v = velocity.to(dtype)
+    t = sig.view(bshape)
+    dt = (sig_next - sig).view(bshape)
+    sigma_t = sde_sigma_t(sig, sig_next, noise_level, sde_type)
+    st = sigma_t.view(bshape)
+    mean = x + (v + st**2 / (2 * t) * (x + (1 - t) * v)) * dt
+    std = sigma_t * torch.sqrt(sig - sig_next)
+
+    if noise_level == 0:
+        return SDEStepOutput(mean, None, mean, std, sigma_t)
+    if next_state is None:
+        if noise is None:
+            noise = torch.randn(state.shape, generator=generator, device=state.device, dtype=dtype)
+        next_state = mean + std.view(bshape) * noise.to(dtype)
+    else:
+        next_state = next_state.to(dtype)
+    log_prob = gaussian_log_prob(next_state, mean, std, reduction)
+    return SDEStepOutput(next_state.detach(), log_prob, mean, std, sigma_t)
