@@ -50,6 +50,57 @@ def _cmd_mechanism(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .config import ConfigError, load_config
+    from .train.loop import PreflightError, RunDirError, TrainingStopped, train
+
+    if args.resume and args.config:
+        raise UsageError("--resume and --config are exclusive (a resumed run keeps its own config.yaml)")
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise UsageError(f"--resume: {run_dir} holds no run (no config.yaml)")
+        config_source, resume = str(run_dir / "config.yaml"), True
+    else:
+        if not args.output_dir:
+            raise UsageError("--output-dir is required (or --resume RUN_DIR)")
+        run_dir, config_source, resume = Path(args.output_dir), args.config or "grpo_guard", False
+    try:
+        cfg = load_config(config_source, args.set)
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+    try:
+        train(cfg, run_dir, resume=resume, log=lambda msg: print(msg, file=sys.stderr))
+    except (RunDirError, ConfigError) as e:
+        raise UsageError(str(e)) from None
+    except ValueError as e:  # bad parameters found while building components
+        raise UsageError(str(e)) from None
+    except PreflightError as e:
+        print(f"grpo-guard train: preflight failed: {e}", file=sys.stderr)
+        return 1
+    except TrainingStopped as e:
+        print(f"grpo-guard train: {e}", file=sys.stderr)
+        return 1
+    if os.environ.get("RANK", "0") == "0":
+        print(f"run finished: {run_dir} (metrics.jsonl, images/, checkpoints/, best/)")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .train.standalone import evaluate_checkpoint
+
+    try:
+        result = evaluate_checkpoint(Path(args.checkpoint), samples_per_prompt=args.samples_per_prompt,
+                                     use_ema=not args.no_ema)
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.out:
+        _atomic_write_text(Path(args.out), text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="grpo-guard",
@@ -78,6 +129,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="directory for mechanism.json and mechanism.png")
     p.set_defaults(func=_cmd_mechanism)
+
+    from .config import available_configs
+
+    p = sub.add_parser("train", help="train a backbone with Flow-GRPO / GRPO-Guard (or resume a run)",
+                       description="Online RL of a flow-matching generator. Built-in configs: "
+                                   + ", ".join(available_configs()) + ".")
+    p.add_argument("--config", help="built-in config name or a YAML path (default: grpo_guard)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.lr=3e-4 (repeatable; values parsed as YAML)")
+    p.add_argument("--output-dir", help="run directory (must be new or empty)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="resume the run in RUN_DIR from its last valid checkpoint")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint on the run's fixed evaluation set",
+                       description="Loads RUN/checkpoints/epoch_N (or RUN/best) with its run's config, samples the "
+                                   "evaluation set and prints proxy and gold metrics as JSON.")
+    p.add_argument("checkpoint", help="a checkpoint directory (RUN/checkpoints/epoch_N or RUN/best)")
+    p.add_argument("--samples-per-prompt", type=int, default=None, help="override eval.samples_per_prompt")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights even when the checkpoint has EMA")
+    p.add_argument("--out", help="also write the JSON here")
+    p.set_defaults(func=_cmd_eval)
     return parser
 
 

@@ -1,0 +1,29 @@
+"""Backbones (generators) behind one interface. Add one: write its file, add one registry line."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..rewards.base import resolve
+from .base import Backbone, Conditioning
+
+#: backbone name -> "module:constructor"; constructor(params: dict, ctx: BackboneContext) -> Backbone
+BACKBONES: dict[str, str] = {
+    "toy": "grpo_guard.backbones.toy:make_toy_backbone",
+}
+
+
+@dataclass
+class BackboneContext:
+    cache_dir: Path
+    device: torch.device
+    seed: int = 0
+    verbose: bool = True
+
+
+def build_backbone(name: str, params: dict, ctx: BackboneContext) -> Backbone:
+    return resolve(BACKBONES, name, "backbone")(dict(params), ctx)
+
+
+__all__ = ["BACKBONES", "Backbone", "BackboneContext", "Conditioning", "build_backbone"]

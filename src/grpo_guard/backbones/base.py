@@ -1,0 +1,121 @@
+"""The backbone interface: what the trainer needs from a generator, and nothing more.
+
+A backbone is an ``nn.Module`` wrapping a flow-matching velocity network (toy net, SD3, Flux) with
+its frozen text encoder(s) and decoder. The trainer only calls the methods below, so the same
+training loop serves every model. Adding a backbone = one new file + one line in
+``grpo_guard.backbones.REGISTRY``.
+
+Conventions: latents follow the flow-matching convention of :mod:`grpo_guard.core` (sigma = t from
+1 = noise to 0 = data); ``sigma`` arguments are (B,) float tensors; images are float32 in [0, 1],
+shape (B, C, H, W).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Conditioning", "Backbone"]
+
+
+@dataclass
+class Conditioning:
+    """Encoded prompts, one row per sample. Backbones may leave fields they do not use as ``None``.
+
+    Attributes:
+        embeds: (B, L, E) token embeddings (SD3: CLIP + T5 concatenated; Flux: T5).
+        pooled: (B, P) pooled embedding (SD3, Flux: CLIP pooled), or None.
+        null_embeds, null_pooled: the same for the unconditional / negative prompt used by
+            classifier-free guidance, or None when the backbone does not use CFG.
+    """
+
+    embeds: Tensor
+    pooled: Tensor | None = None
+    null_embeds: Tensor | None = None
+    null_pooled: Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.embeds.shape[0]
+
+    def _map(self, fn) -> Conditioning:
+        return Conditioning(**{f.name: (None if getattr(self, f.name) is None else fn(getattr(self, f.name)))
+                               for f in fields(self)})
+
+    def index(self, idx: Tensor | slice) -> Conditioning:
+        """Rows ``idx`` of every field."""
+        return self._map(lambda t: t[idx])
+
+    def to(self, device: torch.device | str) -> Conditioning:
+        return self._map(lambda t: t.to(device))
+
+    def repeat_interleave(self, repeats: int) -> Conditioning:
+        return self._map(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    @staticmethod
+    def cat(items: Sequence[Conditioning]) -> Conditioning:
+        first = items[0]
+        return Conditioning(**{f.name: (None if getattr(first, f.name) is None
+                                        else torch.cat([getattr(c, f.name) for c in items]))
+                               for f in fields(first)})
+
+
+class Backbone(nn.Module):
+    """Base class of every generator the trainer can train.
+
+    Subclasses implement the abstract methods; ``forward`` is the velocity prediction so that the
+    whole backbone can be wrapped by DDP (``accelerator.prepare``): frozen parts have
+    ``requires_grad=False`` and are ignored by gradient synchronisation.
+    """
+
+    #: per-sample latent shape, e.g. (16, 16, 16)
+    latent_shape: tuple[int, ...]
+
+    # -- prompts -------------------------------------------------------------------------------
+    def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
+        """Encode prompts (no gradient), including the null conditioning used by CFG."""
+        raise NotImplementedError
+
+    # -- the velocity ------------------------------------------------------------------------
+    def forward(self, latents: Tensor, sigma: Tensor, cond: Conditioning, guidance_scale: float) -> Tensor:
+        """Velocity (B, *latent_shape) at ``latents`` (B, *latent_shape), ``sigma`` (B,).
+
+        With ``guidance_scale > 1`` the conditional and unconditional predictions are computed in ONE
+        batched call and combined as ``v_u + w (v_c - v_u)``; the result is the same function in the
+        rollout and in training (same path, so the on-policy ratio is 1).
+        """
+        raise NotImplementedError
+
+    # -- images --------------------------------------------------------------------------------
+    def decode(self, latents: Tensor) -> Tensor:
+        """Final latents (B, *latent_shape) -> images (B, C, H, W) float32 in [0, 1] (no gradient)."""
+        raise NotImplementedError
+
+    # -- training --------------------------------------------------------------------------------
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The parameters RL updates (LoRA weights, or the whole velocity network)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    @contextmanager
+    def reference(self) -> Iterator[None]:
+        """Within this context ``forward`` is the frozen reference model (for the KL): e.g. LoRA
+        adapters disabled. Backbones that fully fine-tune keep a frozen copy."""
+        raise NotImplementedError
+
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        """The trainable weights only (what a checkpoint or a LoRA export holds)."""
+        names = {id(p) for p in self.trainable_parameters()}
+        return {k: v.detach().clone() for k, v in self.named_parameters() if id(v) in names}
+
+    def load_trainable_state_dict(self, state: dict[str, Tensor]) -> None:
+        params = dict(self.named_parameters())
+        missing = [k for k in self.trainable_state_dict() if k not in state]
+        unknown = [k for k in state if k not in params]
+        if missing or unknown:
+            raise ValueError(f"state: missing keys {missing[:5]}, unknown keys {unknown[:5]}")
+        with torch.no_grad():
+            for k, v in state.items():
+                params[k].copy_(v)

@@ -1,0 +1,74 @@
+"""The reward interface: per-image rewards (proxy or gold) and set-level gold evaluators.
+
+A reward is a callable ``(images, prompts, metadata) -> (B,) float tensor``: images are float32 in
+[0, 1], shape (B, C, H, W); ``prompts`` are the B prompt strings; ``metadata`` one dict per image.
+Whether it is optimised (``proxy``) or only logged (``gold``) is decided by the run config, not by
+the reward. An evaluator computes set-level metrics (e.g. a Frechet distance) on a whole
+evaluation set and says which direction is better, so that they can be normalised to the base
+model (= 1, higher is better) and averaged.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+__all__ = ["RewardContext", "Reward", "Evaluator", "resolve", "weighted_sum"]
+
+
+@dataclass
+class RewardContext:
+    """What a reward or evaluator may need to build itself."""
+
+    cache_dir: Path
+    device: torch.device
+    seed: int = 0
+    image_size: int | None = None
+
+
+class Reward(Protocol):
+    name: str
+
+    def __call__(self, images: Tensor, prompts: list[str], metadata: list[dict]) -> Tensor: ...
+
+
+class Evaluator(Protocol):
+    name: str
+    #: metric name -> True if higher is better
+    higher_is_better: dict[str, bool]
+
+    def __call__(self, images: Tensor, prompts: list[str]) -> dict[str, float]: ...
+
+
+def resolve(registry: dict[str, str], name: str, kind: str) -> Any:
+    """Import the constructor registered as ``"module:attr"`` under ``name``.
+
+    ``name`` may also be a ``"module:attr"`` path itself, so that a user's own backbone or reward
+    can be named in a config without editing the registry."""
+    target = registry.get(name)
+    if target is None and ":" in name:
+        target = name
+    if target is None:
+        raise ValueError(f"{kind}: unknown name {name!r}; available: {', '.join(sorted(registry))} "
+                         f"(or a 'module:function' path)")
+    module, attr = target.split(":", 1)
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"{kind}: cannot import {target!r} ({e})") from None
+
+
+def weighted_sum(values: dict[str, Tensor], weights: dict[str, float]) -> Tensor:
+    """Sum of ``weights[name] * values[name]`` over the names in ``weights`` (each (B,))."""
+    total = None
+    for name, w in weights.items():
+        term = w * values[name].float()
+        total = term if total is None else total + term
+    if total is None:
+        raise ValueError("weights: no reward to sum")
+    return total

@@ -1,0 +1,51 @@
+"""Exponential moving average of the trainable weights."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["EMA"]
+
+
+class EMA:
+    """``shadow = decay * shadow + (1 - decay) * param`` after every optimizer step."""
+
+    def __init__(self, params: Sequence[nn.Parameter], decay: float):
+        if not 0 < decay < 1:
+            raise ValueError(f"decay: must be in (0, 1), got {decay}")
+        self.params = list(params)
+        self.decay = decay
+        self.shadow = [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for s, p in zip(self.shadow, self.params):
+            s.lerp_(p.detach(), 1 - self.decay)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {str(i): s for i, s in enumerate(self.shadow)}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        if len(state) != len(self.shadow):
+            raise ValueError(f"state: expected {len(self.shadow)} EMA tensors, got {len(state)}")
+        with torch.no_grad():
+            for i, s in enumerate(self.shadow):
+                s.copy_(state[str(i)])
+
+    @contextmanager
+    def applied(self) -> Iterator[None]:
+        """Temporarily load the EMA weights into the parameters."""
+        backup = [p.detach().clone() for p in self.params]
+        with torch.no_grad():
+            for p, s in zip(self.params, self.shadow):
+                p.copy_(s)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, b in zip(self.params, backup):
+                    p.copy_(b)

@@ -1,0 +1,88 @@
+"""Evaluation on a fixed prompt set with fixed noise, with the training SDE sampler.
+
+Every prompt of the run's prompt source is sampled ``samples_per_prompt`` times with noise that
+depends only on (seed, sample index), so successive evaluations of a run, and runs with different
+methods but the same seed, see the same initial noise. Proxy rewards, gold rewards and the gold
+evaluator's set-level metrics are computed on the decoded images. (The SDE sampler is used because
+an exploit learned through the SDE need not transfer to ODE sampling: pilot 2.)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ..config import RunConfig
+from ..core import flow_sigmas
+from ..rewards import weighted_sum
+from .rollout import per_sample_noise, rollout
+
+__all__ = ["evaluate_policy", "normalise_gold"]
+
+
+@torch.no_grad()
+def evaluate_policy(backbone, cfg: RunConfig, all_prompts: list[str], rewards: dict, evaluator, *, device,
+                    accelerator=None) -> tuple[dict, Tensor]:
+    """Returns (metrics, images): ``eval/<reward>_mean``, ``eval/proxy_reward_mean``, ``gold/<metric>``;
+    images (N, C, H, W) in [0, 1] in prompt order (each prompt ``samples_per_prompt`` times)."""
+    s = cfg.sample
+    rank = accelerator.process_index if accelerator is not None else 0
+    world = accelerator.num_processes if accelerator is not None else 1
+    eval_prompts = [p for p in all_prompts for _ in range(cfg.eval.samples_per_prompt)]
+    local = list(range(rank, len(eval_prompts), world))
+    sigmas = flow_sigmas(s.num_steps, s.shift)
+    sde_steps = list(range(*s.sde_window)) if s.sde_window else list(range(s.num_steps))
+    cond = backbone.encode_prompts([eval_prompts[i] for i in local])
+    noise = per_sample_noise(cfg.seed, "eval", 0, local, s.num_steps + 1, backbone.latent_shape)
+    velocity = lambda x, sig, c: backbone(x, sig, c, s.guidance_scale)  # noqa: E731
+    traj = rollout(velocity, cond, noise, sigmas, [], sde_steps=sde_steps, noise_level=s.noise_level,
+                   sde_type=s.sde_type, batch_size=s.batch_size, device=device)
+    images = backbone.decode(traj.final).float()
+    if world > 1:  # equal shares (pad with copies), gather, put back in sample order
+        per = math.ceil(len(eval_prompts) / world)
+        idx = torch.tensor(local + [local[0]] * (per - len(local)), device=images.device)
+        images = torch.cat([images, images[:1].repeat(per - len(local), *([1] * (images.ndim - 1)))])
+        idx, images = accelerator.gather(idx), accelerator.gather(images.contiguous())
+        order = torch.full((len(eval_prompts),), -1, dtype=torch.long)
+        for j, i in enumerate(idx.tolist()):
+            if order[i] < 0:
+                order[i] = j
+        images = images[order.to(images.device)]
+    images = images.cpu()
+    meta = [{} for _ in eval_prompts]
+    res: dict = {}
+    proxy_vals, proxy_w = {}, {}
+    for spec in cfg.rewards:
+        v = rewards[spec.name](images, eval_prompts, meta).float()
+        res[f"eval/{spec.name}_mean"] = float(v.mean())
+        if spec.role == "proxy":
+            proxy_vals[spec.name], proxy_w[spec.name] = v, spec.weight
+    res["eval/proxy_reward_mean"] = float(weighted_sum(proxy_vals, proxy_w).mean())
+    if evaluator is not None:
+        for k, v in evaluator(images, eval_prompts).items():
+            res[f"gold/{k}"] = float(v)
+    return res, images
+
+
+def normalise_gold(res: dict, base: dict | None, evaluator) -> dict:
+    """Each ``gold/<metric>`` relative to the base model's (value / base, or base / value where lower is
+    better: 1 = base, higher = better), and their average over the evaluator's ``average`` metrics as
+    ``gold_normalized_avg`` (the paper's Table 1 convention)."""
+    out: dict = {}
+    if evaluator is None or not base:
+        return out
+    avg_keys = getattr(evaluator, "average", tuple(evaluator.higher_is_better))
+    vals = []
+    for k, higher in evaluator.higher_is_better.items():
+        b, v = base.get(f"gold/{k}"), res.get(f"gold/{k}")
+        if b is None or v is None or not (b > 0 and math.isfinite(b)):
+            continue
+        n = v / b if higher else (b / v if v > 0 else float("inf"))
+        out[f"gold_norm/{k}"] = n
+        if k in avg_keys:
+            vals.append(n)
+    if vals:
+        out["gold_normalized_avg"] = sum(vals) / len(vals)
+    return out

@@ -1,0 +1,111 @@
+"""Rollout: sample trajectories with the SDE policy and keep what the update needs.
+
+Every random draw is per sample, seeded by (run seed, stream, epoch, global sample index), so the
+trajectories do not depend on how samples are batched or split over processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..backbones.base import Backbone, Conditioning
+from ..core import sde_step
+from ..seeding import derive_generator
+
+__all__ = ["Trajectory", "per_sample_noise", "rollout"]
+
+
+@dataclass
+class Trajectory:
+    """B sampled trajectories with T trained steps; latent shape L.
+
+    Attributes:
+        latents: (B, T, *L) float32 state x_k before each trained step k.
+        next_latents: (B, T, *L) float32 sampled next state x_{k+1}.
+        log_probs: (B, T) float32 rollout log-prob of each trained transition.
+        means: (B, T, *L) float32 rollout mean of each trained transition (RatioNorm's mu_old).
+        final: (B, *L) float32 final latents (sigma = 0).
+        step_indices: (T,) int64 schedule index k of each trained step.
+    """
+
+    latents: Tensor
+    next_latents: Tensor
+    log_probs: Tensor
+    means: Tensor
+    final: Tensor
+    step_indices: Tensor
+
+    def __len__(self) -> int:
+        return self.final.shape[0]
+
+
+def per_sample_noise(seed: int, stream: str, epoch: int, global_indices: Sequence[int], num: int,
+                     latent_shape: tuple[int, ...]) -> Tensor:
+    """(B, num, *L) standard normal noise; row i depends only on (seed, stream, epoch, global_indices[i])."""
+    rows = [torch.randn((num, *latent_shape), generator=derive_generator(seed, stream, epoch, int(i)))
+            for i in global_indices]
+    return torch.stack(rows)
+
+
+@torch.no_grad()
+def rollout(
+    velocity_fn: Callable[[Tensor, Tensor, Conditioning], Tensor],
+    cond: Conditioning,
+    noise: Tensor,
+    sigmas: Tensor,
+    trained_steps: Sequence[int],
+    *,
+    sde_steps: Sequence[int],
+    noise_level: float,
+    sde_type: str = "flow_grpo",
+    reduction: str = "mean",
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+    on_step: Callable[[int], None] | None = None,
+) -> Trajectory:
+    """Sample B trajectories.
+
+    Args:
+        velocity_fn: ``(latents (b, *L), sigma (b,), cond) -> velocity``, CFG included (the backbone).
+        cond: conditioning of the B samples.
+        noise: (B, K + 1, *L) unit noise: index 0 is the initial latent, index k + 1 the noise of step k.
+        sigmas: (K + 1,) schedule.
+        trained_steps: schedule indices whose transitions are stored (a subset of ``sde_steps``).
+        sde_steps: schedule indices sampled stochastically; the others take the ODE (Euler) step.
+        batch_size: samples per velocity call.
+    """
+    num_steps = sigmas.shape[0] - 1
+    bsz = noise.shape[0]
+    trained = {k: j for j, k in enumerate(trained_steps)}
+    sde_set = set(sde_steps)
+    if not set(trained) <= sde_set:
+        raise ValueError("trained_steps: every trained step must be stochastic (in sde_steps)")
+    x = noise[:, 0].to(device)
+    lat_shape = tuple(x.shape[1:])
+    t_count = len(trained_steps)
+    latents = torch.empty((bsz, t_count, *lat_shape), device=device)
+    next_latents = torch.empty_like(latents)
+    means = torch.empty_like(latents)
+    log_probs = torch.empty((bsz, t_count), device=device)
+    for k in range(num_steps):
+        sigma = sigmas[k].to(device).expand(bsz)
+        v = torch.cat([velocity_fn(x[i:i + batch_size], sigma[i:i + batch_size], cond.index(slice(i, i + batch_size)))
+                       for i in range(0, bsz, batch_size)])
+        a = noise_level if k in sde_set else 0.0
+        out = sde_step(v, x, sigmas[k], sigmas[k + 1], a, noise=noise[:, k + 1].to(device) if a > 0 else None,
+                       sde_type=sde_type, reduction=reduction)
+        if k in trained:
+            j = trained[k]
+            latents[:, j] = x
+            next_latents[:, j] = out.next_state
+            means[:, j] = out.mean
+            log_probs[:, j] = out.log_prob
+        x = out.next_state
+        if on_step is not None:
+            on_step(k)
+    return Trajectory(latents, next_latents, log_probs, means, x,
+                      torch.tensor(list(trained_steps), dtype=torch.long))

@@ -1,0 +1,226 @@
+"""The policy update: several optimizer updates per rollout batch, one per minibatch.
+
+For each minibatch and each trained step, the current velocity is recomputed at the stored state,
+the stored next state is re-scored with :func:`grpo_guard.sde_step` (the same function the rollout
+used, so the on-policy ratio is 1) and :func:`grpo_guard.policy_loss` gives the loss. Gradients are
+accumulated over the trained steps and the optimizer steps once per minibatch. The first minibatch
+is on-policy; later ones are off-policy, which is where the ratio leaves 1 and clipping acts.
+
+Distributed: each process holds its own samples. Losses are scaled so that, after DDP averages the
+gradients, every (sample, step) entry of the *global* minibatch has the same weight as in a single
+process run with the same global batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from ..backbones.base import Backbone, Conditioning
+from ..config import LossConfig
+from ..core import grad_norm, policy_loss, sde_step
+from .rollout import Trajectory
+
+__all__ = ["PreflightError", "UpdateSettings", "UpdateResult", "update_policy", "measure_step_grad_norms"]
+
+PREFLIGHT_HELP = (
+    "the on-policy importance ratio is not 1 before the first update (max |log r| = {value:.3g} > "
+    "tolerance {tol:g}). The rollout and the training pass computed different log-probs for the same "
+    "transitions. Usual causes: different compute paths (e.g. CFG batched differently, autocast or "
+    "dtype only in one pass, dropout or other train-mode layers active), a different batch composition "
+    "between rollout and training on a nondeterministic kernel, or states stored in a lower precision "
+    "than they were sampled in. Set train.preflight_tol only if you understand the source of the gap."
+)
+
+
+class PreflightError(RuntimeError):
+    """The on-policy ratio check failed."""
+
+
+@dataclass
+class UpdateSettings:
+    sigmas: Tensor  # (K + 1,)
+    noise_level: float
+    sde_type: str
+    guidance_scale: float
+    loss: LossConfig
+    updates_per_epoch: int
+    inner_epochs: int
+    max_grad_norm: float
+    preflight_tol: float | None  # None: no preflight this epoch
+
+
+@dataclass
+class UpdateResult:
+    """Statistics of one epoch's update.
+
+    ``scalars``: means over all minibatches of the loss statistics. ``entries``: per-entry tensors of
+    the off-policy minibatches (``step``, ``advantage``, ``log_ratio``, ``log_ratio_used``, ``bias``),
+    for :func:`grpo_guard.core.per_step_ratio_stats`. ``preflight_max_abs_log_ratio``: measured on the
+    first minibatch when the preflight ran. ``grad_norm_total``: pre-clipping norm of each update.
+    """
+
+    scalars: dict[str, float] = field(default_factory=dict)
+    entries: dict[str, Tensor] = field(default_factory=dict)
+    preflight_max_abs_log_ratio: float | None = None
+    grad_norm_total: list[float] = field(default_factory=list)
+
+
+def _step_quantities(sigmas: Tensor, k: Tensor, device) -> tuple[Tensor, Tensor]:
+    return sigmas[k].to(device), sigmas[k + 1].to(device)
+
+
+def minibatch_positions(order: Tensor, num_minibatches: int) -> list[Tensor]:
+    """Split a permutation of local positions into ``num_minibatches`` equal chunks."""
+    return list(order.chunk(num_minibatches))
+
+
+def _entry_loss(
+    velocity_fn: Callable[[Tensor, Tensor, Conditioning], Tensor],
+    traj: Trajectory,
+    idx: Tensor,
+    j: int,
+    cond: Conditioning,
+    advantages: Tensor,
+    s: UpdateSettings,
+    reference_fn: Callable[[Tensor, Tensor, Conditioning], Tensor] | None,
+):
+    """Loss of trained step j (schedule index traj.step_indices[j]) for local samples ``idx``."""
+    k = int(traj.step_indices[j])
+    x = traj.latents[idx, j]
+    n = x.shape[0]
+    sig, sig_next = s.sigmas[k], s.sigmas[k + 1]
+    sigma_b = sig.to(x.device).expand(n)
+    c = cond.index(idx)
+    v = velocity_fn(x, sigma_b, c)
+    cur = sde_step(v, x, sig, sig_next, s.noise_level, next_state=traj.next_latents[idx, j],
+                   sde_type=s.sde_type, reduction=s.loss.reduction)
+    ref_mean = None
+    if s.loss.kl_coef > 0:
+        with torch.no_grad():
+            v_ref = reference_fn(x, sigma_b, c)
+            ref_mean = sde_step(v_ref, x, sig, sig_next, s.noise_level, next_state=traj.next_latents[idx, j],
+                                sde_type=s.sde_type, reduction=s.loss.reduction).mean
+    dt = (sig_next - sig).to(x.device).expand(n)
+    return policy_loss(
+        cur.log_prob, traj.log_probs[idx, j], advantages[idx],
+        mean=cur.mean, old_mean=traj.means[idx, j], std=cur.std, dt=dt, sigma=sigma_b, sigma_t=cur.sigma_t,
+        ref_mean=ref_mean, ratio_mode=s.loss.ratio_mode, step_weight=s.loss.step_weight,
+        clip_range=s.loss.clip_range, kl_coef=s.loss.kl_coef, reduction=s.loss.reduction,
+        official_compat=s.loss.official_compat,
+    )
+
+
+def update_policy(
+    *,
+    model: torch.nn.Module,
+    backbone: Backbone,
+    optimizer: torch.optim.Optimizer,
+    accelerator,
+    traj: Trajectory,
+    cond: Conditioning,
+    advantages: Tensor,
+    local_orders: Sequence[Tensor],
+    settings: UpdateSettings,
+    after_step: Callable[[], None] | None = None,
+    on_minibatch: Callable[[], None] | None = None,
+) -> UpdateResult:
+    """Run ``inner_epochs x updates_per_epoch`` optimizer updates on one rollout batch.
+
+    Args:
+        model: the (possibly DDP-wrapped) backbone, called for the training forward.
+        backbone: the unwrapped backbone (reference model for the KL).
+        traj, cond, advantages: this process's B_local samples.
+        local_orders: one permutation of local positions per inner epoch; each is split into
+            ``updates_per_epoch`` equal minibatches.
+        settings: see :class:`UpdateSettings`.
+        after_step: called after every optimizer step (EMA update).
+    """
+    s = settings
+    g = s.guidance_scale
+    velocity_fn = lambda x, sig, c: model(x, sig, c, g)  # noqa: E731
+    reference_fn = None
+    if s.loss.kl_coef > 0:
+        def reference_fn(x, sig, c):
+            with backbone.reference():
+                return backbone(x, sig, c, g)
+    t_count = traj.step_indices.numel()
+    result = UpdateResult()
+    sums: dict[str, float] = defaultdict(float)
+    count = 0
+    entries: dict[str, list[Tensor]] = defaultdict(list)
+    first = True
+    for inner in range(s.inner_epochs):
+        for m, idx in enumerate(minibatch_positions(local_orders[inner], s.updates_per_epoch)):
+            off_policy = not first
+            for j in range(t_count):
+                sync = nullcontext() if j == t_count - 1 else accelerator.no_sync(model)
+                with sync:
+                    with accelerator.autocast():
+                        loss, st = _entry_loss(velocity_fn, traj, idx, j, cond, advantages, s, reference_fn)
+                    if first and s.preflight_tol is not None:
+                        val = st["log_ratio"].abs().max().reshape(1)
+                        result.preflight_max_abs_log_ratio = max(result.preflight_max_abs_log_ratio or 0.0,
+                                                                  float(val))
+                    accelerator.backward(loss / t_count)
+                for key in ("loss", "policy_loss", "kl", "clip_frac", "clip_frac_high", "clip_frac_low",
+                            "approx_kl", "ratio_mean", "raw_ratio_mean"):
+                    sums[key] += float(st[key])
+                count += 1
+                if off_policy:
+                    n = idx.numel()
+                    entries["step"].append(torch.full((n,), int(traj.step_indices[j]), dtype=torch.long))
+                    entries["advantage"].append(advantages[idx].detach().float().cpu())
+                    for key in ("log_ratio", "log_ratio_used", "bias"):
+                        entries[key].append(st[key].float().cpu())
+            if first and s.preflight_tol is not None:
+                worst = torch.tensor([result.preflight_max_abs_log_ratio], device=accelerator.device)
+                worst = float(accelerator.reduce(worst, reduction="max") if accelerator.num_processes > 1 else worst)
+                result.preflight_max_abs_log_ratio = worst
+                if not worst <= s.preflight_tol:
+                    optimizer.zero_grad(set_to_none=True)
+                    raise PreflightError(PREFLIGHT_HELP.format(value=worst, tol=s.preflight_tol))
+            total = accelerator.clip_grad_norm_(backbone.trainable_parameters(), s.max_grad_norm)
+            result.grad_norm_total.append(float(total))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if after_step is not None:
+                after_step()
+            if on_minibatch is not None:
+                on_minibatch()
+            first = False
+    result.scalars = {k: v / max(count, 1) for k, v in sums.items()}
+    result.entries = {k: torch.cat(v) for k, v in entries.items()}
+    return result
+
+
+def measure_step_grad_norms(
+    backbone: Backbone,
+    traj: Trajectory,
+    cond: Conditioning,
+    advantages: Tensor,
+    settings: UpdateSettings,
+    idx: Tensor,
+) -> list[float]:
+    """Gradient norm of each trained step's loss w.r.t. the trainable parameters (on-policy, current
+    weights), on local samples ``idx``; uses ``torch.autograd.grad`` on the unwrapped backbone so that
+    ``.grad`` and DDP are untouched."""
+    g = settings.guidance_scale
+    velocity_fn = lambda x, sig, c: backbone(x, sig, c, g)  # noqa: E731
+    reference_fn = None
+    if settings.loss.kl_coef > 0:
+        def reference_fn(x, sig, c):
+            with backbone.reference():
+                return backbone(x, sig, c, g)
+    params = backbone.trainable_parameters()
+    norms = []
+    for j in range(traj.step_indices.numel()):
+        loss, _ = _entry_loss(velocity_fn, traj, idx, j, cond, advantages, settings, reference_fn)
+        norms.append(float(grad_norm(loss, params, retain_graph=False)))
+    return norms

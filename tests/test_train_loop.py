@@ -1,0 +1,140 @@
+"""End-to-end tests of the training loop on a tiny backbone (tests/tiny_backbone.py)."""
+
+import json
+import math
+
+import pytest
+
+from grpo_guard.cli import main
+from grpo_guard.config import load_config
+from grpo_guard.train.checkpoint import list_checkpoints
+from grpo_guard.train.loop import PreflightError, RunDirError, TrainingStopped, train
+
+TIMING = ("seconds", "preflight")
+
+
+def tiny_cfg(cache, *extra):
+    return load_config(None, [
+        "backbone.name=tiny_backbone:make_tiny_backbone", "rewards=[{name: ink}]", f"cache_dir={cache}",
+        "eval.evaluator=null", "eval.samples_per_prompt=2", "sample.prompts_per_epoch=4", "sample.group_size=4",
+        "sample.guidance_scale=2.0", "train.epochs=3", "log.progress=false", "log.checkpoint_every=1",
+        "log.image_every=0", *extra])
+
+
+def rows(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def strip_timing(row):
+    return {k: v for k, v in row.items() if not any(t in k for t in TIMING)}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def test_run_writes_everything(tmp_path, cache):
+    run = train(tiny_cfg(cache), tmp_path / "run", log=lambda *_: None)
+    assert (run / "config.yaml").is_file()
+    assert load_config(str(run / "config.yaml")) == tiny_cfg(cache)  # the resolved config round-trips
+    rs = rows(run)
+    assert [r["epoch"] for r in rs] == [0, 1, 2]
+    for key in ("proxy_reward_mean", "proxy_reward_std", "wall_seconds", "loss", "lr", "clip_frac",
+                "grad_norm_step", "step_stats", "eval/proxy_reward_mean", "monitor/hacking"):
+        assert key in rs[-1], key
+    assert rs[0]["preflight_max_abs_log_ratio"] == 0.0  # the on-policy ratio is exactly 1
+    assert len(rs[1]["step_stats"]["clip_high_pos"]) == len(rs[1]["trained_steps"]) == 9
+    assert [p.name for p in list_checkpoints(run)] == ["epoch_000002", "epoch_000003"]  # keep 2
+    assert rs[-1]["wall_seconds"] >= rs[0]["wall_seconds"] > 0
+
+
+def test_proxy_reward_rises(tmp_path, cache):
+    cfg = tiny_cfg(cache, "train.epochs=12", "train.lr=3e-3", "loss.clip_range=1e-2", "log.checkpoint_every=0")
+    rs = rows(train(cfg, tmp_path / "run", log=lambda *_: None))
+    early = sum(r["proxy_reward_mean"] for r in rs[:3]) / 3
+    late = sum(r["proxy_reward_mean"] for r in rs[-3:]) / 3
+    assert late > early + 0.02, (early, late)
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, cache):
+    full = train(tiny_cfg(cache, "train.epochs=4", "train.ema_decay=0.9", "loss.ratio_mode=ratio_norm",
+                          "loss.step_weight=inv_dt", "loss.clip_range=1e-5"), tmp_path / "full", log=lambda *_: None)
+    part = tmp_path / "part"
+    train(tiny_cfg(cache, "train.epochs=2", "train.ema_decay=0.9", "loss.ratio_mode=ratio_norm",
+                   "loss.step_weight=inv_dt", "loss.clip_range=1e-5"), part, log=lambda *_: None)
+    with open(part / "metrics.jsonl", "a") as f:  # a torn line from a crash mid-write is ignored
+        f.write('{"epoch": 2, "proxy_rew')
+    train(tiny_cfg(cache, "train.epochs=4", "train.ema_decay=0.9", "loss.ratio_mode=ratio_norm",
+                   "loss.step_weight=inv_dt", "loss.clip_range=1e-5"), part, resume=True, log=lambda *_: None)
+    a, b = rows(full), rows(part)
+    assert [r["epoch"] for r in b] == [0, 1, 2, 3]
+    assert [strip_timing(r) for r in a] == [strip_timing(r) for r in b]
+
+
+def test_output_dir_holding_a_run_is_refused(tmp_path, cache):
+    run = train(tiny_cfg(cache, "train.epochs=1"), tmp_path / "run", log=lambda *_: None)
+    before = (run / "metrics.jsonl").read_text()
+    with pytest.raises(RunDirError, match="already holds a run"):
+        train(tiny_cfg(cache, "train.epochs=1"), run, log=lambda *_: None)
+    assert (run / "metrics.jsonl").read_text() == before
+    with pytest.raises(RunDirError, match="holds no run"):
+        train(tiny_cfg(cache), tmp_path / "empty", resume=True, log=lambda *_: None)
+
+
+def test_preflight_catches_a_different_training_path(tmp_path, cache):
+    cfg = tiny_cfg(cache, "backbone.name=tiny_backbone:make_dropout_backbone")
+    with pytest.raises(PreflightError, match="ratio is not 1"):
+        train(cfg, tmp_path / "run", log=lambda *_: None)
+
+
+@pytest.mark.parametrize("reward", ["make_nan_reward", "make_bad_shape_reward"])
+def test_bad_rewards_skip_batches_then_stop_cleanly(tmp_path, cache, reward):
+    cfg = tiny_cfg(cache, f"rewards=[{{name: ink}}, {{name: 'tiny_backbone:{reward}', role: gold}}]",
+                   "train.max_bad_batches=2", "train.epochs=5")
+    messages = []
+    with pytest.raises(TrainingStopped, match="2 consecutive bad reward batches"):
+        train(cfg, tmp_path / "run", log=messages.append)
+    rs = rows(tmp_path / "run")
+    assert [r.get("skipped") for r in rs] == [True]  # epoch 0 skipped, the stop came at epoch 1
+    assert any("skipped" in m for m in messages)
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["epoch_000001"]
+
+
+def test_kl_term_is_active(tmp_path, cache):
+    rs = rows(train(tiny_cfg(cache, "loss.kl_coef=0.04", "train.lr=3e-3"), tmp_path / "run", log=lambda *_: None))
+    assert rs[0]["kl"] > 0 and math.isfinite(rs[-1]["kl"])
+
+
+# ---- the CLI ---------------------------------------------------------------------------------------
+
+def test_cli_train_and_eval(tmp_path, cache, capsys):
+    args = ["train", "--config", "flow_grpo", "--output-dir", str(tmp_path / "run"),
+            "--set", "backbone.name=tiny_backbone:make_tiny_backbone", "--set", "rewards=[{name: ink}]",
+            "--set", f"cache_dir={cache}", "--set", "eval.evaluator=null", "--set", "eval.samples_per_prompt=2",
+            "--set", "sample.prompts_per_epoch=2", "--set", "sample.group_size=4", "--set", "train.epochs=2",
+            "--set", "log.progress=false", "--set", "backbone.params={}"]
+    assert main(args) == 0
+    assert "run finished" in capsys.readouterr().out
+    assert main(["train", "--resume", str(tmp_path / "run"), "--set", "train.epochs=3"]) == 0
+    assert [r["epoch"] for r in rows(tmp_path / "run")] == [0, 1, 2]
+    assert main(["eval", str(tmp_path / "run" / "checkpoints" / "epoch_000003")]) == 0
+    assert main(["eval", str(tmp_path / "run" / "checkpoints" / "epoch_000003"), "--out", str(tmp_path / "e.json")]) == 0
+    res = json.loads((tmp_path / "e.json").read_text())
+    assert "eval/proxy_reward_mean" in res and res["checkpoint"].endswith("epoch_000003")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["train", "--output-dir", "X", "--set", "train.lrr=1"], "train.lrr"),
+    (["train", "--output-dir", "X", "--config", "nope"], "no such config"),
+    (["train", "--config", "grpo_guard"], "--output-dir"),
+    (["train", "--resume", "X/missing"], "holds no run"),
+    (["train", "--output-dir", "X", "--set", "sample.group_size=1"], "group_size"),
+    (["eval", "X/nothing"], "no such directory"),
+])
+def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, args, fragment):
+    args = [a.replace("X", str(tmp_path / "x")) for a in args]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and fragment in err
+    assert not (tmp_path / "x").exists()

@@ -1,0 +1,102 @@
+"""A tiny test backbone: an MLP velocity on (1, 8, 8) latents with hashed prompt embeddings.
+
+Named in configs as ``backbone.name: tiny_backbone:make_tiny_backbone`` (with ``tests/`` on the path)."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from grpo_guard.backbones import Backbone, Conditioning
+from grpo_guard.seeding import derive_generator
+
+
+class TinyBackbone(Backbone):
+    latent_shape = (1, 8, 8)
+    image_size = 8
+
+    def __init__(self, hidden: int = 64, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.net = nn.Sequential(nn.Linear(64 + 16 + 1, hidden), nn.SiLU(), nn.Linear(hidden, 64))
+        self.frozen = None
+
+    def encode_prompts(self, prompts):
+        emb = torch.stack([torch.randn(16, generator=derive_generator(0, "prompt", p)) for p in prompts])
+        return Conditioning(embeds=emb[:, None, :], null_embeds=torch.zeros_like(emb[:, None, :]))
+
+    def _v(self, x, sigma, e):
+        return self.net(torch.cat([x.flatten(1), e[:, 0], sigma[:, None]], 1)).view_as(x)
+
+    def forward(self, latents, sigma, cond, guidance_scale):
+        if guidance_scale > 1:
+            both = self._v(torch.cat([latents, latents]), torch.cat([sigma, sigma]),
+                           torch.cat([cond.embeds, cond.null_embeds]))
+            vc, vu = both.chunk(2)
+            return vu + guidance_scale * (vc - vu)
+        return self._v(latents, sigma, cond.embeds)
+
+    def decode(self, latents):
+        return ((latents.float() + 1) / 2).clamp(0, 1)
+
+    @contextmanager
+    def reference(self):
+        if self.frozen is None:
+            import copy
+
+            self.frozen = copy.deepcopy(self.net).requires_grad_(False)
+        live, self.net = self.net, self.frozen
+        try:
+            yield
+        finally:
+            self.net = live
+
+    def trainable_parameters(self):
+        return list(self.net.parameters())
+
+    def trainable_state_dict(self):
+        return {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+
+    def load_trainable_state_dict(self, state):
+        self.net.load_state_dict(state)
+
+
+def make_tiny_backbone(params, ctx):
+    return TinyBackbone(**params)
+
+
+
+class DropoutTinyBackbone(TinyBackbone):
+    """Has dropout active in train mode: the training pass differs from the rollout (preflight must fail)."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.net.insert(1, nn.Dropout(0.5))
+
+
+def make_dropout_backbone(params, ctx):
+    return DropoutTinyBackbone(**params)
+
+
+class NaNReward:
+    name = "nan_reward"
+
+    def __call__(self, images, prompts, metadata):
+        return torch.full((images.shape[0],), float("nan"))
+
+
+def make_nan_reward(params, ctx):
+    return NaNReward()
+
+
+class ShapeReward:
+    name = "shape_reward"
+
+    def __call__(self, images, prompts, metadata):
+        return torch.zeros(images.shape[0], 2)
+
+
+def make_bad_shape_reward(params, ctx):
+    return ShapeReward()
