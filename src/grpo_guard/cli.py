@@ -86,6 +86,61 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    import time
+
+    import torch
+
+    from .backbones import BackboneContext, build_backbone
+    from .config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config, args.set)
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+    t0 = time.perf_counter()
+    try:
+        backbone = build_backbone(cfg.backbone.name, cfg.backbone.params,
+                                  BackboneContext(Path(cfg.cache_dir).expanduser(), torch.device("cpu"), cfg.seed))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    n_train = sum(p.numel() for p in backbone.trainable_parameters())
+    print(f"backbone {cfg.backbone.name} ready in {time.perf_counter() - t0:.1f} s: latent {tuple(backbone.latent_shape)}"
+          f", {n_train} trainable parameters")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    try:
+        path = build_report(args.run_dirs, Path(args.out), title=args.title)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    print(f"report: {path}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import time
+
+    from .config import ConfigError
+    from .demo import DemoSettings, run_demo
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.resume:
+        raise UsageError(f"--out: {out} is not empty (use another directory, or --resume to finish an interrupted demo)")
+    settings = DemoSettings(out=out, seeds=tuple(range(args.seeds)), epochs=args.epochs, quick=args.quick,
+                            overrides=args.set)
+    t0 = time.perf_counter()
+    try:
+        report = run_demo(settings, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    except (ConfigError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    print(f"demo finished in {time.perf_counter() - t0:.0f} s; open the report: {report}")
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .train.standalone import evaluate_checkpoint
 
@@ -141,6 +196,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", help="run directory (must be new or empty)")
     p.add_argument("--resume", metavar="RUN_DIR", help="resume the run in RUN_DIR from its last valid checkpoint")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("pretrain", help="pretrain (or load from the cache) the base model of a config's backbone",
+                       description="Builds the backbone of a config: for the toy world this trains the base "
+                                   "generator by flow matching on the digits' base split (seeded) and caches it "
+                                   "under cache_dir; later runs load it.")
+    p.add_argument("--config", default="grpo_guard", help="config name or YAML path (default: grpo_guard)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    p.set_defaults(func=_cmd_pretrain)
+
+    p = sub.add_parser("report", help="build report.html with figures from run directories",
+                       description="Groups runs into methods (runs differing only in seed are one method; "
+                                   "LABEL=RUN_DIR names a method), draws the figures and writes OUT/report.html.")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (optionally LABEL=RUN_DIR)")
+    p.add_argument("--out", required=True, help="output directory for report.html and figures/")
+    p.add_argument("--title", default=None)
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("demo", help="train Flow-GRPO and GRPO-Guard on the toy world and build the report",
+                       description="Makes or loads the toy base model, trains Flow-GRPO and GRPO-Guard with the same "
+                                   "proxy reward and seeds, and writes OUT/report.html.")
+    p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
+    p.add_argument("--seeds", type=int, default=2, help="seeds per method (default 2)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the configs')")
+    p.add_argument("--quick", action="store_true", help="a small-D world and 4 epochs (a smoke test, for CI)")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted demo in --out")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on the run's fixed evaluation set",
                        description="Loads RUN/checkpoints/epoch_N (or RUN/best) with its run's config, samples the "

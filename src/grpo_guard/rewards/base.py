@@ -29,6 +29,7 @@ class RewardContext:
     device: torch.device
     seed: int = 0
     image_size: int | None = None
+    verbose: bool = False  # print progress while training or loading reward models
 
 
 class Reward(Protocol):

@@ -132,7 +132,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, accelerator, rank: int, worl
     backbone = build_backbone(cfg.backbone.name, cfg.backbone.params,
                               BackboneContext(cache_dir, device, cfg.seed, verbose=is_main)).to(device)
     image_size = getattr(backbone, "image_size", None)
-    rctx = RewardContext(cache_dir, device, cfg.seed, image_size)
+    rctx = RewardContext(cache_dir, device, cfg.seed, image_size, verbose=is_main and cfg.log.progress)
     rewards = {spec.name: build_reward(spec.name, spec.params, rctx) for spec in cfg.rewards}
     proxy_weights = {r.name: r.weight for r in cfg.rewards if r.role == "proxy"}
     evaluator = build_evaluator(cfg.eval.evaluator, cfg.eval.evaluator_params, rctx) if cfg.eval.evaluator else None
@@ -187,8 +187,8 @@ def _train(cfg: RunConfig, out: Path, resume: bool, accelerator, rank: int, worl
         state.base_gold = {k: v for k, v in base.items() if k.startswith("gold/")}
         state.base_proxy = base["eval/proxy_reward_mean"]
         if is_main:
-            log(f"base model: eval proxy {state.base_proxy:.4f}, gold "
-                + ", ".join(f"{k[5:]} {v:.4g}" for k, v in state.base_gold.items())
+            gold = ", ".join(f"{k[5:]} {v:.4g}" for k, v in state.base_gold.items())
+            log(f"base model: eval proxy {state.base_proxy:.4f}" + (f", gold {gold}" if gold else "")
                 + f" ({time.perf_counter() - t_eval:.1f} s)")
 
     # -- the epochs ----------------------------------------------------------------------------------------

@@ -1,0 +1,482 @@
+"""Report figures (matplotlib, Agg canvas: no display and no global pyplot state).
+
+Every ``fig_*`` function takes the methods (see :mod:`grpo_guard.report.runs`) and an output path,
+writes one PNG atomically (temporary file, then rename) and returns the path. Curves are the mean
+over a method's seeds with a min-max band across seeds. A figure whose data no run logged is still
+written, with a note saying what is missing, so a report always has the same set of files.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from .runs import GOLD_KEY, Method, Run, gold_at_proxy, gold_proxy_points, matched_proxy_range
+
+__all__ = [
+    "fig_training_curves", "fig_gold_vs_proxy", "fig_ratio_per_step", "fig_ratio_heatmap",
+    "fig_clip_per_step", "fig_grad_norm_per_step", "fig_regime", "fig_image_strip", "make_figures",
+    "method_colors", "FIGURES",
+]
+
+DPI = 110
+IMAGE_DPI = 150  # image strips: finer, so the samples stay legible
+_PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+            "#bcbd22", "#17becf"]
+
+
+# ---- helpers -----------------------------------------------------------------------------------------
+
+def method_colors(methods: list[Method]) -> dict[str, str]:
+    """A fixed colour per method label (the same in every figure)."""
+    return {m.label: _PALETTE[i % len(_PALETTE)] for i, m in enumerate(methods)}
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    """A Figure on an Agg canvas."""
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: str | Path, dpi: int = DPI) -> Path:
+    """Write ``fig`` as PNG to ``path`` atomically and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        fig.savefig(tmp, format="png", dpi=dpi)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _int_x(ax, label: str) -> None:
+    """Label the x axis and use integer ticks (epochs, step indices)."""
+    ax.set_xlabel(label)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _note(ax, text: str) -> None:
+    """Write a 'nothing to plot' note in an axes."""
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=9, color="0.4",
+            wrap=True)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _stack(xs: list[np.ndarray], ys: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Align per-seed series on the union of their x values: ``(x, Y)`` with ``Y[seed, i]`` (NaN gaps)."""
+    grid = np.unique(np.concatenate(xs)) if xs and any(x.size for x in xs) else np.array([])
+    out = np.full((len(xs), grid.size), np.nan)
+    for i, (x, y) in enumerate(zip(xs, ys)):
+        idx = np.searchsorted(grid, x)
+        out[i, idx] = y
+    return grid, out
+
+
+def _seed_stats(y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, min and max over seeds (rows), ignoring NaN; NaN where no seed has a value."""
+    ok = np.isfinite(y)
+    n = ok.sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(n > 0, np.where(ok, y, 0).sum(0) / np.maximum(n, 1), np.nan)
+    lo = np.where(n > 0, np.where(ok, y, np.inf).min(0), np.nan)
+    hi = np.where(n > 0, np.where(ok, y, -np.inf).max(0), np.nan)
+    return mean, lo, hi
+
+
+def _band(ax, x: np.ndarray, y: np.ndarray, color: str, label: str, marker: str | None = None) -> bool:
+    """Plot the seed mean with a min-max band; returns False when there is nothing finite to plot."""
+    if y.size == 0:
+        return False
+    mean, lo, hi = _seed_stats(y)
+    ok = np.isfinite(mean)
+    if not ok.any():
+        return False
+    ax.plot(x[ok], mean[ok], color=color, label=label, lw=1.8, marker=marker, ms=3)
+    if y.shape[0] > 1:
+        ax.fill_between(x[ok], lo[ok], hi[ok], color=color, alpha=0.18, lw=0)
+    return True
+
+
+def _series_stack(method: Method, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Epoch-aligned ``(epochs, Y)`` of a scalar metric over a method's seeds."""
+    xs, ys = zip(*(r.finite_series(key) for r in method.runs))
+    return _stack(list(xs), list(ys))
+
+
+def _profile_stack(method: Method, stat: str, fn: Callable[[np.ndarray], np.ndarray] | None = None):
+    """Step-aligned ``(steps, Y)``: each seed's per-step statistic averaged over its epochs."""
+    xs, ys = [], []
+    for r in method.runs:
+        steps, prof = r.step_profile(stat)
+        if fn is not None:
+            prof = fn(prof)
+        xs.append(steps.astype(float))
+        ys.append(prof)
+    return _stack(xs, ys)
+
+
+def _clip_eps(run: Run) -> tuple[float, float]:
+    """(lower, upper) clip range of a run's config; NaN when unreadable."""
+    c = run.loss.get("clip_range")
+    try:
+        if isinstance(c, (list, tuple)) and len(c) == 2:
+            return float(c[0]), float(c[1])
+        return float(c), float(c)
+    except (TypeError, ValueError):
+        return float("nan"), float("nan")
+
+
+def _positive_log(ax, ys: list[np.ndarray]) -> None:
+    """Use a log y axis when every finite plotted value is positive."""
+    vals = np.concatenate([y[np.isfinite(y)].ravel() for y in ys]) if ys else np.array([])
+    if vals.size and (vals > 0).all():
+        ax.set_yscale("log")
+
+
+# ---- (1) training curves -----------------------------------------------------------------------------
+
+def _gold_norm_keys(methods: list[Method]) -> list[str]:
+    """All ``gold_norm/*`` keys any run logged, in first-seen order."""
+    keys: dict[str, None] = {}
+    for m in methods:
+        for r in m.runs:
+            for k in r.metric_keys("gold_norm/"):
+                keys.setdefault(k, None)
+    return list(keys)
+
+
+def fig_training_curves(methods: list[Method], path: str | Path) -> Path:
+    """Proxy reward (training and evaluation) and every normalised gold metric vs epoch, per method.
+    Dotted vertical lines: the epoch the monitor flagged over-optimization (per run)."""
+    colors = method_colors(methods)
+    panels = [("proxy_reward_mean", "proxy reward (training batch)"),
+              ("eval/proxy_reward_mean", "proxy reward (evaluation set)"),
+              (GOLD_KEY, "normalised gold, average (base = 1)")]
+    panels += [(k, f"normalised {k.split('/', 1)[1]} (base = 1)") for k in _gold_norm_keys(methods)]
+    ncols = 3
+    nrows = math.ceil(len(panels) / ncols)
+    fig = _new_figure(4.3 * ncols, 3.1 * nrows)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax, (key, title) in zip(axes, panels):
+        drew = False
+        for m in methods:
+            x, y = _series_stack(m, key)
+            drew |= _band(ax, x, y, colors[m.label], f"{m.label} (n={len(m.runs)})",
+                          marker="o" if x.size < 30 else None)
+            if key == GOLD_KEY:
+                for r in m.runs:
+                    he = r.hacking_epoch()
+                    if he is not None:
+                        ax.axvline(he, color=colors[m.label], ls=":", lw=1.2)
+        ax.set_title(title, fontsize=10)
+        if not drew:
+            _note(ax, f"no {key} logged")
+            continue
+        if key.startswith("gold"):
+            ax.axhline(1.0, color="0.5", lw=0.8, ls="--")
+        _int_x(ax, "epoch")
+        ax.grid(alpha=0.3)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    handles, labels = [], []
+    for ax in axes[: len(panels)]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4), fontsize=9)
+    return _save(fig, path)
+
+
+# ---- (2) gold vs proxy ---------------------------------------------------------------------------------
+
+def _reach_range(method: Method, gold_key: str) -> tuple[float, float] | None:
+    """Proxy range every seed of a method covered (highest start to lowest peak)."""
+    pts = [gold_proxy_points(r, gold_key)[0] for r in method.runs]
+    if any(p.size == 0 for p in pts):
+        pts = [p for p in pts if p.size]
+    if not pts:
+        return None
+    lo, hi = max(float(p[0]) for p in pts), min(float(p.max()) for p in pts)
+    return (lo, hi) if hi >= lo else None
+
+
+def fig_gold_vs_proxy(methods: list[Method], path: str | Path, gold_key: str = GOLD_KEY) -> Path:
+    """The over-optimization curve: normalised gold vs evaluation proxy. Thin lines: each run in epoch
+    order (circle = first evaluation, square = last); thick line: the method's gold when its runs first
+    reached each proxy level (seed mean); shaded: the proxy range every run reached, where methods are
+    compared (the summary table uses its top)."""
+    colors = method_colors(methods)
+    fig = _new_figure(7.0, 4.8)
+    ax = fig.subplots()
+    drew = False
+    for m in methods:
+        c = colors[m.label]
+        for r in m.runs:
+            x, y = gold_proxy_points(r, gold_key)
+            if not x.size:
+                continue
+            drew = True
+            ax.plot(x, y, color=c, lw=0.8, alpha=0.45)
+            ax.plot(x[:1], y[:1], "o", color=c, ms=5, alpha=0.7)
+            ax.plot(x[-1:], y[-1:], "s", color=c, ms=5, alpha=0.7)
+        rng = _reach_range(m, gold_key)
+        if rng is not None:
+            levels = np.linspace(rng[0], rng[1], 40) if rng[1] > rng[0] else np.array([rng[0]])
+            vals = []
+            for lv in levels:
+                v = [gold_at_proxy(*gold_proxy_points(r, gold_key), lv) for r in m.runs]
+                v = [a for a in v if math.isfinite(a)]
+                vals.append(np.mean(v) if v else np.nan)
+            ax.plot(levels, vals, color=c, lw=2.4, label=f"{m.label} (n={len(m.runs)})")
+    if not drew:
+        _note(ax, f"no evaluation epoch with both proxy and {gold_key} logged")
+        return _save(fig, path)
+    common = matched_proxy_range(methods, gold_key)
+    if common is not None and len(methods) > 1:
+        ax.axvspan(common[0], common[1], color="0.85", alpha=0.5, lw=0, label="proxy reached by every run")
+        ax.axvline(common[1], color="0.4", lw=0.8, ls="--")
+    ax.axhline(1.0, color="0.5", lw=0.8, ls="--")
+    ax.set_xlabel("proxy reward (evaluation set)")
+    ax.set_ylabel("normalised gold (base model = 1)")
+    ax.set_title("gold vs proxy: compare methods at matched proxy", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return _save(fig, path)
+
+
+# ---- (3) ratio per step --------------------------------------------------------------------------------
+
+def fig_ratio_per_step(methods: list[Method], path: str | Path) -> Path:
+    """Per denoising step, averaged over the off-policy epochs: the raw ratio's mean - 1 and std (top),
+    and those of the ratio actually used by the loss (after RatioNorm when on; bottom). Dashed lines in
+    the std panels: each method's clip range eps."""
+    colors = method_colors(methods)
+    panels = [("raw_ratio_mean", True, "raw ratio: mean - 1"), ("raw_ratio_std", False, "raw ratio: std"),
+              ("ratio_mean", True, "ratio used by the loss: mean - 1"), ("ratio_std", False, "ratio used: std")]
+    fig = _new_figure(10.5, 7.0)
+    axes = fig.subplots(2, 2).ravel()
+    for ax, (stat, centred, title) in zip(axes, panels):
+        plotted = []
+        for m in methods:
+            x, y = _profile_stack(m, stat, (lambda p: p - 1.0) if centred else None)
+            if _band(ax, x, y, colors[m.label], m.label, marker="o"):
+                plotted.append(y)
+                if not centred:
+                    eps = np.nanmax([max(_clip_eps(r)) for r in m.runs] + [np.nan]) if m.runs else np.nan
+                    if math.isfinite(eps) and eps > 0:
+                        ax.axhline(eps, color=colors[m.label], ls="--", lw=0.9)
+        ax.set_title(title, fontsize=10)
+        if not plotted:
+            _note(ax, f"no step_stats/{stat} logged (needs updates_per_epoch > 1)")
+            continue
+        if centred:
+            ax.axhline(0.0, color="0.5", lw=0.8)
+            ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+        else:
+            _positive_log(ax, plotted)
+        _int_x(ax, "denoising step (schedule index)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def fig_ratio_heatmap(methods: list[Method], path: str | Path, stat: str = "raw_ratio_mean") -> Path:
+    """Heatmap (step x epoch) of ``stat`` - 1 for the first seed of each method (blue: below 1)."""
+    n = max(len(methods), 1)
+    fig = _new_figure(min(4.6 * n, 16), 3.6)
+    axes = np.atleast_1d(fig.subplots(1, n, squeeze=False).ravel())
+    if not methods:
+        _note(axes[0], "no runs")
+    for ax, m in zip(axes, methods):
+        steps, epochs, mat = m.first.step_matrix(stat)
+        ax.set_title(f"{m.label} (seed {m.first.seed})", fontsize=10)
+        if mat.size == 0 or not np.isfinite(mat).any():
+            _note(ax, f"no step_stats/{stat} logged")
+            continue
+        d = (mat - 1.0).T  # rows = steps, cols = epochs
+        lim = float(np.nanmax(np.abs(d))) or 1e-12
+        im = ax.imshow(np.ma.masked_invalid(d), aspect="auto", origin="lower", cmap="RdBu_r", vmin=-lim,
+                       vmax=lim, interpolation="nearest",
+                       extent=(epochs.min() - 0.5, epochs.max() + 0.5, steps.min() - 0.5, steps.max() + 0.5))
+        _int_x(ax, "epoch")
+        ax.set_ylabel("denoising step")
+        cb = fig.colorbar(im, ax=ax, shrink=0.9)
+        cb.formatter.set_powerlimits((-2, 2))
+        cb.update_ticks()
+        cb.set_label(f"{stat.replace('_mean', '')} mean - 1", fontsize=8)
+    return _save(fig, path)
+
+
+# ---- (4) clip fractions ----------------------------------------------------------------------------------
+
+def fig_clip_per_step(methods: list[Method], path: str | Path) -> Path:
+    """Per step, averaged over off-policy epochs: P(r > 1 + eps | A > 0), the clip that restrains
+    over-confident positive updates, and P(r < 1 - eps | A < 0)."""
+    colors = method_colors(methods)
+    panels = [("clip_high_pos", "upper clip, positive advantage: P(r > 1+eps | A > 0)"),
+              ("clip_low_neg", "lower clip, negative advantage: P(r < 1-eps | A < 0)")]
+    fig = _new_figure(10.5, 3.8)
+    axes = fig.subplots(1, 2).ravel()
+    for ax, (stat, title) in zip(axes, panels):
+        drew = False
+        for m in methods:
+            x, y = _profile_stack(m, stat)
+            drew |= _band(ax, x, y, colors[m.label], m.label, marker="o")
+        ax.set_title(title, fontsize=10)
+        if not drew:
+            _note(ax, f"no step_stats/{stat} logged")
+            continue
+        ax.set_ylim(-0.03, 1.03)
+        _int_x(ax, "denoising step (schedule index)")
+        ax.set_ylabel("fraction of samples")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+# ---- (5) gradient norm per step --------------------------------------------------------------------------
+
+def profile_spread(values: np.ndarray) -> float:
+    """max / min of the finite positive entries (NaN if there are none)."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v) & (v > 0)]
+    return float(v.max() / v.min()) if v.size else float("nan")
+
+
+def fig_grad_norm_per_step(methods: list[Method], path: str | Path) -> Path:
+    """Per-step gradient norm (mean over the measured epochs, then over seeds), log scale; the legend
+    gives the spread (max/min over steps) of the mean profile."""
+    colors = method_colors(methods)
+    fig = _new_figure(6.8, 4.4)
+    ax = fig.subplots()
+    drew = False
+    for m in methods:
+        x, y = _profile_stack(m, "grad_norm_step")
+        mean = _seed_stats(y)[0] if y.size else y
+        s = profile_spread(mean) if y.size else float("nan")
+        lab = f"{m.label} (spread {s:.1f}x)" if math.isfinite(s) else m.label
+        drew |= _band(ax, x, y, colors[m.label], lab, marker="o")
+    ax.set_title("per-step gradient norm", fontsize=10)
+    if not drew:
+        _note(ax, "no grad_norm_step logged (train.grad_norm_every = 0?)")
+        return _save(fig, path)
+    _positive_log(ax, [np.asarray(ln.get_ydata(), dtype=float) for ln in ax.get_lines()])
+    _int_x(ax, "denoising step (schedule index)")
+    ax.set_ylabel("gradient norm")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+# ---- (6) regime ------------------------------------------------------------------------------------------
+
+def fig_regime(methods: list[Method], path: str | Path) -> Path:
+    """The regime per step: bias_over_spread (the ratio's quadratic bias over the spread of log r: above 1
+    the left shift dominates) and drift_u (the policy's mean shift per dimension in noise-std units)."""
+    colors = method_colors(methods)
+    panels = [("bias_over_spread", "bias / spread of log r"), ("drift_u", "drift u = |dmu| / s per dimension")]
+    fig = _new_figure(10.5, 3.8)
+    axes = fig.subplots(1, 2).ravel()
+    for ax, (stat, title) in zip(axes, panels):
+        plotted = []
+        for m in methods:
+            x, y = _profile_stack(m, stat)
+            if _band(ax, x, y, colors[m.label], m.label, marker="o"):
+                plotted.append(y)
+        ax.set_title(title, fontsize=10)
+        if not plotted:
+            _note(ax, f"no step_stats/{stat} logged")
+            continue
+        _positive_log(ax, plotted)
+        if stat == "bias_over_spread":
+            ax.axhline(1.0, color="0.5", lw=0.8, ls="--")
+        _int_x(ax, "denoising step (schedule index)")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+# ---- (7) image grids over training -------------------------------------------------------------------------
+
+def pick_images(run: Run, count: int = 5) -> list[tuple[int, Path]]:
+    """Up to ``count`` of a run's image grids, evenly spaced over training (first and last included)."""
+    imgs = run.images
+    if len(imgs) <= count:
+        return list(imgs)
+    idx = sorted({round(i) for i in np.linspace(0, len(imgs) - 1, count)})
+    return [imgs[i] for i in idx]
+
+
+def _load_thumbnail(path: Path, max_side: int = 720) -> np.ndarray:
+    """An image file as a uint8 array, downscaled so its longer side is at most ``max_side`` pixels."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("L" if im.mode in ("L", "I", "I;16", "1") else "RGB")
+        im.thumbnail((max_side, max_side), Image.Resampling.BOX)
+        return np.asarray(im)
+
+
+def fig_image_strip(method: Method, path: str | Path, count: int = 5) -> Path:
+    """A strip of the first seed's evaluation image grids (rows = prompts) at a few epochs. File
+    ``epoch_NNNN.png`` was saved after NNNN epochs, i.e. at metrics epoch NNNN - 1."""
+    run = method.first
+    picks = pick_images(run, count)
+    n = max(len(picks), 1)
+    fig = _new_figure(min(3.2 * n, 17), 3.9)
+    axes = fig.subplots(1, n, squeeze=False).ravel()
+    fig.suptitle(f"{method.label}: seed {run.seed} ({run.name})", fontsize=10)
+    if not picks:
+        _note(axes[0], "no image grids saved (log.image_every = 0?)")
+        return _save(fig, path)
+    for ax, (num, f) in zip(axes, picks):
+        try:
+            img = _load_thumbnail(f)
+        except Exception as e:  # a corrupt PNG must not stop the report
+            _note(ax, f"{f.name}: unreadable ({type(e).__name__})")
+            continue
+        ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255, interpolation="antialiased")
+        ax.set_title(f"epoch {num - 1}", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return _save(fig, path, dpi=IMAGE_DPI)
+
+
+# ---- all -------------------------------------------------------------------------------------------------
+
+FIGURES: dict[str, tuple[Callable, str]] = {
+    "training_curves": (fig_training_curves, "Proxy reward and normalised gold metrics vs epoch"),
+    "gold_vs_proxy": (fig_gold_vs_proxy, "Gold vs proxy (over-optimization curve)"),
+    "ratio_per_step": (fig_ratio_per_step, "Importance ratio per step"),
+    "ratio_heatmap": (fig_ratio_heatmap, "Raw ratio mean - 1, step x epoch"),
+    "clip_per_step": (fig_clip_per_step, "Clip fractions per step"),
+    "grad_norm_per_step": (fig_grad_norm_per_step, "Gradient norm per step"),
+    "regime": (fig_regime, "Regime per step: bias over spread and drift"),
+}
+
+
+def make_figures(methods: list[Method], fig_dir: str | Path) -> dict[str, Path]:
+    """Write every figure into ``fig_dir``: the ones in :data:`FIGURES` plus ``images_<method>.png`` per
+    method. Returns name -> path."""
+    fig_dir = Path(fig_dir)
+    out = {name: fn(methods, fig_dir / f"{name}.png") for name, (fn, _) in FIGURES.items()}
+    used: set[str] = set()
+    for i, m in enumerate(methods):
+        slug = m.slug if m.slug not in used else f"{m.slug}_{i}"
+        used.add(slug)
+        out[f"images:{m.label}"] = fig_image_strip(m, fig_dir / f"images_{slug}.png")
+    return out
