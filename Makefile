@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: demo test test-fast clean
+.PHONY: demo mechanism test test-fast clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "grpo-guard needs Python >= 3.11, found " + sys.version.split()[0])'
@@ -19,8 +19,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 
-# The main job. Until the toy-world trainer lands it is the mechanism study (see README).
+# The main job: Flow-GRPO vs GRPO-Guard on the toy world, then runs/demo/report.html.
 demo: $(STAMP)
+	$(BIN)/grpo-guard demo --out runs/demo --resume
+
+# The Monte-Carlo study of the ratio mechanism (no training).
+mechanism: $(STAMP)
 	$(BIN)/grpo-guard mechanism --out runs/mechanism
 
 # The whole test suite, slow end-to-end tests included (what CI runs).

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 TESTS = Path(__file__).resolve().parent
-ARGS = ["--config", "flow_grpo", "--set", "backbone.name=tiny_backbone:make_tiny_backbone",
+ARGS = ["--config", "flow_grpo", "--set", "backbone.name=tiny_backbone:make_tiny_backbone", "--set", "backbone.params={}",
         "--set", "rewards=[{name: ink}]", "--set", "eval.evaluator=null", "--set", "eval.samples_per_prompt=2",
         "--set", "eval.every=1", "--set", "sample.prompts_per_epoch=4", "--set", "sample.group_size=4",
         "--set", "train.epochs=3", "--set", "log.progress=false", "--set", "train.lr=3e-3",

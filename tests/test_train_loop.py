@@ -86,6 +86,7 @@ def test_preflight_catches_a_different_training_path(tmp_path, cache):
     cfg = tiny_cfg(cache, "backbone.name=tiny_backbone:make_dropout_backbone")
     with pytest.raises(PreflightError, match="ratio is not 1"):
         train(cfg, tmp_path / "run", log=lambda *_: None)
+    assert not (tmp_path / "run").exists()  # a run that failed before its first epoch leaves nothing
 
 
 @pytest.mark.parametrize("reward", ["make_nan_reward", "make_bad_shape_reward"])
@@ -131,6 +132,8 @@ def test_cli_train_and_eval(tmp_path, cache, capsys):
     (["train", "--resume", "X/missing"], "holds no run"),
     (["train", "--output-dir", "X", "--set", "sample.group_size=1"], "group_size"),
     (["eval", "X/nothing"], "no such directory"),
+    (["train", "--output-dir", "X", "--set", "backbone.name=tiny_backbone:make_tiny_backbone",
+      "--set", "backbone.params={bogus: 1}"], "backbone.params"),
 ])
 def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, args, fragment):
     args = [a.replace("X", str(tmp_path / "x")) for a in args]

@@ -23,7 +23,11 @@ class BackboneContext:
 
 
 def build_backbone(name: str, params: dict, ctx: BackboneContext) -> Backbone:
-    return resolve(BACKBONES, name, "backbone")(dict(params), ctx)
+    make = resolve(BACKBONES, name, "backbone")
+    try:
+        return make(dict(params), ctx)
+    except TypeError as e:  # e.g. an option the constructor does not take
+        raise ValueError(f"backbone.params: {name} rejected its options ({e})") from None
 
 
 __all__ = ["BACKBONES", "Backbone", "BackboneContext", "Conditioning", "build_backbone"]

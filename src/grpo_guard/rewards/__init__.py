@@ -16,12 +16,20 @@ EVALUATORS: dict[str, str] = {
 }
 
 
+def _build(registry: dict[str, str], kind: str, key: str, name: str, params: dict, ctx: RewardContext):
+    make = resolve(registry, name, kind)
+    try:
+        return make(dict(params), ctx)
+    except TypeError as e:  # e.g. an option the constructor does not take
+        raise ValueError(f"{key}: {name} rejected its params ({e})") from None
+
+
 def build_reward(name: str, params: dict, ctx: RewardContext) -> Reward:
-    return resolve(REWARDS, name, "reward")(dict(params), ctx)
+    return _build(REWARDS, "reward", "rewards", name, params, ctx)
 
 
 def build_evaluator(name: str, params: dict, ctx: RewardContext) -> Evaluator:
-    return resolve(EVALUATORS, name, "evaluator")(dict(params), ctx)
+    return _build(EVALUATORS, "evaluator", "eval.evaluator_params", name, params, ctx)
 
 
 __all__ = ["REWARDS", "EVALUATORS", "Reward", "Evaluator", "RewardContext", "build_reward", "build_evaluator",

@@ -103,6 +103,7 @@ def train(cfg: RunConfig, output_dir: str | Path, *, resume: bool = False, log=p
                                              mixed_precision=cfg.train.mixed_precision)
     is_main = accelerator.is_main_process
     rank, world = accelerator.process_index, accelerator.num_processes
+    created = not out.exists()
     if is_main:
         prepare_run_dir(out, resume)
     accelerator.wait_for_everyone()
@@ -111,8 +112,29 @@ def train(cfg: RunConfig, output_dir: str | Path, *, resume: bool = False, log=p
         lock.acquire()
     try:
         return _train(cfg, out, resume, accelerator, rank, world, is_main, log)
+    except BaseException:
+        if is_main and not resume and not (out / "metrics.jsonl").exists():
+            _remove_unstarted_run(out, created)  # a run that failed before its first epoch leaves nothing
+        raise
     finally:
         lock.release()
+
+
+def _remove_unstarted_run(out: Path, created: bool) -> None:
+    import shutil
+
+    for name in ("config.yaml", "images", "checkpoints", "best"):
+        p = out / name
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    (out / ".lock").unlink(missing_ok=True)
+    if created:
+        try:
+            out.rmdir()
+        except OSError:
+            pass
 
 
 def _train(cfg: RunConfig, out: Path, resume: bool, accelerator, rank: int, world: int, is_main: bool, log) -> Path:

@@ -13,7 +13,6 @@ process run with the same global batch.
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -72,8 +71,19 @@ class UpdateResult:
     grad_norm_total: list[float] = field(default_factory=list)
 
 
-def _step_quantities(sigmas: Tensor, k: Tensor, device) -> tuple[Tensor, Tensor]:
-    return sigmas[k].to(device), sigmas[k + 1].to(device)
+def _velocity_fns(model: torch.nn.Module, backbone: Backbone, s: UpdateSettings):
+    """``(velocity_fn, reference_fn)``: the policy's velocity through ``model`` (possibly DDP-wrapped) and,
+    when the KL is on, the frozen reference model's (``backbone.reference()``), both with CFG."""
+    g = s.guidance_scale
+
+    def velocity_fn(x, sig, c):
+        return model(x, sig, c, g)
+
+    def reference_fn(x, sig, c):
+        with backbone.reference():
+            return backbone(x, sig, c, g)
+
+    return velocity_fn, (reference_fn if s.loss.kl_coef > 0 else None)
 
 
 def minibatch_positions(order: Tensor, num_minibatches: int) -> list[Tensor]:
@@ -143,13 +153,7 @@ def update_policy(
         after_step: called after every optimizer step (EMA update).
     """
     s = settings
-    g = s.guidance_scale
-    velocity_fn = lambda x, sig, c: model(x, sig, c, g)  # noqa: E731
-    reference_fn = None
-    if s.loss.kl_coef > 0:
-        def reference_fn(x, sig, c):
-            with backbone.reference():
-                return backbone(x, sig, c, g)
+    velocity_fn, reference_fn = _velocity_fns(model, backbone, s)
     t_count = traj.step_indices.numel()
     result = UpdateResult()
     sums: dict[str, float] = defaultdict(float)
@@ -211,13 +215,7 @@ def measure_step_grad_norms(
     """Gradient norm of each trained step's loss w.r.t. the trainable parameters (on-policy, current
     weights), on local samples ``idx``; uses ``torch.autograd.grad`` on the unwrapped backbone so that
     ``.grad`` and DDP are untouched."""
-    g = settings.guidance_scale
-    velocity_fn = lambda x, sig, c: backbone(x, sig, c, g)  # noqa: E731
-    reference_fn = None
-    if settings.loss.kl_coef > 0:
-        def reference_fn(x, sig, c):
-            with backbone.reference():
-                return backbone(x, sig, c, g)
+    velocity_fn, reference_fn = _velocity_fns(backbone, backbone, settings)
     params = backbone.trainable_parameters()
     norms = []
     for j in range(traj.step_indices.numel()):

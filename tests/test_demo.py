@@ -1,0 +1,28 @@
+"""A shortened demo end to end: both methods trained on the toy world and the report with every figure."""
+
+import pytest
+
+from grpo_guard.cli import main
+
+FIGURES = ("training_curves", "gold_vs_proxy", "ratio_per_step", "ratio_heatmap", "clip_per_step",
+           "grad_norm_per_step", "regime", "images_flow_grpo", "images_grpo_guard")
+
+
+@pytest.mark.slow
+def test_quick_demo_writes_report_and_every_figure(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out), "--set", f"cache_dir={tmp_path / 'cache'}",
+                 "--set", "log.progress=false"]) == 0
+    assert "report.html" in capsys.readouterr().out
+    html = (out / "report.html").read_text()
+    assert "Flow-GRPO" in html and "GRPO-Guard" in html
+    for name in FIGURES:
+        png = out / "figures" / f"{name}.png"
+        assert png.is_file() and png.stat().st_size > 1000, name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"figures/{name}.png" in html
+    for method in ("flow_grpo", "grpo_guard"):
+        for seed in (0, 1):
+            assert (out / "runs" / f"{method}_s{seed}" / "metrics.jsonl").is_file()
+    # a finished demo is not overwritten by accident
+    assert main(["demo", "--quick", "--out", str(out)]) == 2
