@@ -141,3 +141,10 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, args, fragment):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and fragment in err
     assert not (tmp_path / "x").exists()
+
+
+def test_bf16_autocast_keeps_float32_log_probs_and_ratio_one(tmp_path, cache):
+    rs = rows(train(tiny_cfg(cache, "train.mixed_precision=bf16", "train.epochs=2"), tmp_path / "run",
+                    log=lambda *_: None))
+    assert rs[0]["preflight_max_abs_log_ratio"] == 0.0
+    assert all(math.isfinite(r["loss"]) for r in rs)
