@@ -18,8 +18,9 @@ __all__ = ["DemoSettings", "run_demo"]
 #: configs' default.
 FULL_WORLD: list[str] = [
     "backbone.params={net: sd3, resolution: 32, layout: latent16, pretrain_steps: 1000, generator: {batch_size: 64}}",
-    "sample.prompts_per_epoch=4", "sample.group_size=8", "train.epochs=30", "train.lr=1e-3",
-    "eval.every=3", "eval.samples_per_prompt=8", "log.image_every=6", "train.grad_norm_every=3",
+    "sample.prompts_per_epoch=4", "sample.group_size=8", "train.epochs=50", "train.lr=1e-3",
+    "train.inner_epochs=2", "eval.every=5", "eval.samples_per_prompt=8", "log.image_every=10",
+    "train.grad_norm_every=5",
 ]
 QUICK_WORLD = [
     "backbone.params={net: mlp, resolution: 8, layout: pixels, pretrain_steps: 300}",

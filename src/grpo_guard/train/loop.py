@@ -219,6 +219,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, accelerator, rank: int, worl
     bar = tqdm(range(state.epoch, t.epochs), initial=state.epoch, total=t.epochs, desc="epochs",
                disable=not (is_main and cfg.log.progress), dynamic_ncols=True)
     preflight_pending = True
+    last_grid = state.epoch  # image grids are saved at the first evaluation >= image_every epochs after the last
     last_row: dict = {}
     for epoch in bar:
         t_epoch = time.perf_counter()
@@ -342,7 +343,8 @@ def _train(cfg: RunConfig, out: Path, resume: bool, accelerator, rank: int, worl
             row.update(res)
             row.update(normalise_gold(res, state.base_gold, evaluator))
             eval_s = time.perf_counter() - t0
-            if is_main and cfg.log.image_every and ((epoch + 1) % cfg.log.image_every == 0 or epoch + 1 == t.epochs):
+            if is_main and cfg.log.image_every and (epoch + 1 - last_grid >= cfg.log.image_every or epoch + 1 == t.epochs):
+                last_grid = epoch + 1
                 per = cfg.eval.samples_per_prompt
                 pick = torch.cat([torch.arange(i * per, i * per + min(per, 8)) for i in range(len(all_prompts))])
                 save_image_grid(eval_images[pick], out / "images" / f"epoch_{epoch + 1:04d}.png", nrow=min(per, 8))
