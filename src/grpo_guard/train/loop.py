@@ -99,8 +99,13 @@ def train(cfg: RunConfig, output_dir: str | Path, *, resume: bool = False, log=p
     from accelerate import Accelerator
 
     out = Path(output_dir)
-    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available(),
-                                             mixed_precision=cfg.train.mixed_precision)
+    if accelerator is None:
+        from accelerate.state import AcceleratorState
+
+        # several runs in one process (the demo, tests) may differ in mixed precision: accelerate keeps
+        # it in a process-wide singleton, so clear that (the distributed PartialState is kept)
+        AcceleratorState._reset_state()
+        accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.train.mixed_precision)
     is_main = accelerator.is_main_process
     rank, world = accelerator.process_index, accelerator.num_processes
     created = not out.exists()
