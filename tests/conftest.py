@@ -11,3 +11,22 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 def gen():
     """A seeded CPU generator; each test gets a fresh one."""
     return torch.Generator().manual_seed(0)
+
+
+WORLD_RES = 16  # the toy world's resolution in the world tests (fast, still above the native 8 px)
+
+
+@pytest.fixture(scope="session")
+def splits():
+    """The toy world's data splits at 16 px (built once per test session)."""
+    from grpo_guard.world.data import make_splits
+
+    return make_splits(WORLD_RES, seed=0)
+
+
+@pytest.fixture(scope="session")
+def gold(splits):
+    """The gold evaluator trained on the 16 px gold split (once per test session)."""
+    from grpo_guard.world.gold import GoldConfig, train_gold
+
+    return train_gold(GoldConfig(resolution=WORLD_RES), splits, verbose=False)

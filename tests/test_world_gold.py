@@ -15,17 +15,7 @@ from grpo_guard.world.gold import (GoldConfig, GoldScores, frechet_distance, knn
                                    train_gold, within_label_diversity)
 
 torch.set_num_threads(1)
-RES = 16
-
-
-@pytest.fixture(scope="module")
-def splits():
-    return make_splits(RES, seed=0)
-
-
-@pytest.fixture(scope="module")
-def gold(splits):
-    return train_gold(GoldConfig(resolution=RES), splits, verbose=False)
+from conftest import WORLD_RES as RES
 
 
 def test_gold_accuracy_on_heldout(gold, splits):

@@ -11,23 +11,12 @@ import pytest
 import torch
 
 from grpo_guard.world.data import make_splits
-from grpo_guard.world.gold import GoldConfig, train_gold
 from grpo_guard.world.proxies import (PROXY_REGISTRY, AestheticProxyConfig, ClassifierProxyConfig, InkReward,
                                       _aesthetic_transform, _blur, build_proxy, class_textures, hf_texture,
                                       hidden_aesthetic, train_aesthetic_proxy, train_classifier_proxy)
 
 torch.set_num_threads(1)
-RES = 16
-
-
-@pytest.fixture(scope="module")
-def splits():
-    return make_splits(RES, seed=0)
-
-
-@pytest.fixture(scope="module")
-def gold(splits):
-    return train_gold(GoldConfig(resolution=RES), splits, verbose=False)
+from conftest import WORLD_RES as RES
 
 
 @pytest.fixture(scope="module")

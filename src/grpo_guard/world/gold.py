@@ -268,18 +268,29 @@ def within_label_diversity(feats: Tensor, labels: Tensor) -> float:
 # gold classifier
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class GoldConfig:
-    """Everything that determines the trained gold classifier (hashed for the cache key)."""
+class NetTrainingConfig:
+    """The fields every trained world network (gold classifier, proxies) shares: the data (resolution,
+    split), the seed, the ``ConvNet`` size and the training schedule. Subclasses add their own fields
+    and may change the defaults; the whole dataclass is hashed for the cache key."""
 
     resolution: int = 32
     split_seed: int = 0
     fractions: SplitFractions = field(default_factory=SplitFractions)
     seed: int = 0
-    width: int = 32
-    feature_dim: int = 64
+    width: int = 16
+    feature_dim: int = 32
     epochs: int = 100
     batch_size: int = 64
     lr: float = 2e-3
+
+
+@dataclass(frozen=True)
+class GoldConfig(NetTrainingConfig):
+    """Everything that determines the trained gold classifier (hashed for the cache key)."""
+
+    width: int = 32
+    feature_dim: int = 64
+    epochs: int = 100
     noise_max: float = 0.4     # per-image Gaussian noise sd drawn from U(0, noise_max)
     shift_native_px: int = 1   # random translation, in units of the native 8x8 pixel
     knn_k: int = 3

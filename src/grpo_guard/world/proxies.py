@@ -29,7 +29,7 @@ Trained proxies are cached in a ``cache_dir`` as ``<kind>-<config hash>.safetens
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .data import NUM_CLASSES, SplitFractions, WorldSplits, check_images, check_labels, make_splits
-from .gold import ConvNet, _cache_stem, _cached, _seeded, config_hash, load_module, save_module, train_network
+from .data import NUM_CLASSES, WorldSplits, check_images, check_labels, make_splits
+from .gold import ConvNet, NetTrainingConfig, _cache_stem, _cached, _seeded, config_hash, load_module, save_module, train_network
 
 __all__ = [
     "RewardFn",
@@ -199,18 +199,10 @@ def _blur(images: Tensor, radius: int) -> Tensor:
 # (a) classifier proxy
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class ClassifierProxyConfig:
+class ClassifierProxyConfig(NetTrainingConfig):
     """Everything that determines the trained classifier proxy (hashed for the cache key)."""
 
-    resolution: int = 32
-    split_seed: int = 0
-    fractions: SplitFractions = field(default_factory=SplitFractions)
-    seed: int = 0
-    width: int = 16
-    feature_dim: int = 32
     epochs: int = 150
-    batch_size: int = 64
-    lr: float = 2e-3
     cue_prob: float = 0.3          # probability that a training image carries a class-cue texture
     cue_amp_min: float = 0.05      # texture amplitude (RMS, in [-1, 1] units) ~ U(min, max)
     cue_amp_max: float = 0.25
@@ -305,18 +297,10 @@ def train_classifier_proxy(config: ClassifierProxyConfig = ClassifierProxyConfig
 # (b) aesthetic proxy
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class AestheticProxyConfig:
+class AestheticProxyConfig(NetTrainingConfig):
     """Everything that determines the trained aesthetic regressor (hashed for the cache key)."""
 
-    resolution: int = 32
-    split_seed: int = 0
-    fractions: SplitFractions = field(default_factory=SplitFractions)
-    seed: int = 0
-    width: int = 16
-    feature_dim: int = 32
     epochs: int = 60
-    batch_size: int = 64
-    lr: float = 2e-3
     gain_min: float = 0.5          # training augmentation: ink gain ~ U(gain_min, gain_max) ...
     gain_max: float = 1.6
     blur_prob: float = 0.5         # ... and, with this probability, a blur of one native pixel mixed in
