@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from grpo_guard.world.data import make_splits
-from grpo_guard.world.gold import (GoldConfig, GoldScores, frechet_distance, knn_precision_recall, normalise_gold,
+from grpo_guard.world.gold import (GoldConfig, GoldScores, frechet_distance, hf_energy, knn_precision_recall,
+                                   normalise_gold,
                                    train_gold, within_label_diversity)
 
 torch.set_num_threads(1)
@@ -61,7 +62,18 @@ def test_knn_precision_recall_and_diversity():
 def test_evaluate_fields(gold, splits):
     s = gold.evaluate(splits.base.images[:200], splits.base.labels[:200])
     assert s.n == 200 and 0.9 < s.accuracy <= 1.0 and s.frechet > 0 and 0 < s.precision <= 1
-    assert s.diversity > 0
+    assert s.diversity > 0 and 0 < s.hf_energy < 1e-3  # real digits carry almost no HF energy
+
+
+def test_hf_energy_measures_only_high_frequencies():
+    r = 16
+    yy, xx = torch.meshgrid(torch.arange(r), torch.arange(r), indexing="ij")
+    low = 0.8 * torch.cos(2 * math.pi * 1 * xx / r)       # 1/8 of Nyquist
+    high = 0.5 * torch.cos(2 * math.pi * 6 * (xx + yy) / r)  # radial 0.75 sqrt(2) x Nyquist
+    assert hf_energy(low[None, None]) < 1e-20
+    assert hf_energy(high[None, None]) == pytest.approx(0.125, rel=1e-9)  # a cosine's power: amp^2 / 2
+    assert hf_energy((low + high)[None, None]) == pytest.approx(0.125, rel=1e-9)
+    assert hf_energy(torch.stack([low, high])[:, None]) == pytest.approx(0.0625, rel=1e-9)  # image mean
     with pytest.raises(ValueError, match="images"):
         gold.evaluate(torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.int64))
     with pytest.raises(ValueError, match="labels"):
@@ -69,9 +81,9 @@ def test_evaluate_fields(gold, splits):
 
 
 def test_normalise_gold():
-    base = GoldScores(accuracy=0.9, frechet=10.0, precision=0.8, recall=0.7, diversity=5.0, n=100)
+    base = GoldScores(accuracy=0.9, frechet=10.0, precision=0.8, recall=0.7, diversity=5.0, hf_energy=0.01, n=100)
     n = normalise_gold(base, base)
-    for f in ("accuracy", "frechet", "precision", "recall", "diversity", "mean"):
+    for f in ("accuracy", "frechet", "precision", "recall", "diversity", "hf_energy", "mean"):
         assert getattr(n, f) == pytest.approx(1.0)
     worse = dataclasses.replace(base, accuracy=0.45, frechet=20.0)
     w = normalise_gold(worse, base, average=("accuracy", "frechet"))

@@ -141,6 +141,48 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_study(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .config import ConfigError, load_config
+    from .study import ARMS, PRESETS, run_study
+
+    if args.preset not in PRESETS:
+        raise UsageError(f"--preset: unknown preset {args.preset!r} (known: {', '.join(PRESETS)})")
+    plan = PRESETS[args.preset]
+    if args.arms:
+        arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+        bad = [a for a in arms if a not in ARMS]
+        if bad or not arms:
+            raise UsageError(f"--arms: unknown arm {bad[0] if bad else '(none)'!r} (known: {', '.join(ARMS)})")
+        if plan.baseline not in arms:
+            arms.insert(0, plan.baseline)  # gold at matched proxy is measured against the baseline
+        plan = dataclasses.replace(plan, arms=arms)
+    if args.seeds:
+        try:
+            seeds = [int(s) for s in args.seeds.split(",")]
+        except ValueError:
+            raise UsageError(f"--seeds: expected comma-separated integers, got {args.seeds!r}") from None
+        plan = dataclasses.replace(plan, seeds=seeds)
+    if args.conditions:
+        names = [c.strip() for c in args.conditions.split(",") if c.strip()]
+        known = {c.name: c for c in plan.conditions}
+        bad = [c for c in names if c not in known]
+        if bad or not names:
+            raise UsageError(f"--conditions: unknown condition {bad[0] if bad else '(none)'!r} "
+                             f"(known: {', '.join(known)})")
+        plan = dataclasses.replace(plan, conditions=[known[c] for c in names])
+    try:  # validate every run's config before anything is written
+        for cond in plan.conditions:
+            for arm in plan.arms:
+                load_config(arm, [*plan.world, *cond.overrides, *args.set])
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+    md = run_study(plan, Path(args.out), extra=args.set, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    print(f"study finished; summary: {md}")
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .train.standalone import evaluate_checkpoint
 
@@ -223,6 +265,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="finish an interrupted demo in --out")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("study", help="run a reproduction study: arms x conditions x seeds, clips calibrated per arm",
+                       description="Calibrates each arm's clip range on its own ratio spread, trains every arm for "
+                                   "every condition and seed, and writes OUT/study.md, OUT/study.json and a "
+                                   "report per condition. Re-running finishes an interrupted study.")
+    p.add_argument("--preset", required=True, help="digits, spectral, map or tiny (see docs/results.md)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--arms", default=None, help="comma-separated subset of the preset's arms")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the preset's, 0,1,2)")
+    p.add_argument("--conditions", default=None, help="comma-separated subset of the preset's conditions")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value in every run")
+    p.set_defaults(func=_cmd_study)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on the run's fixed evaluation set",
                        description="Loads RUN/checkpoints/epoch_N (or RUN/best) with its run's config, samples the "

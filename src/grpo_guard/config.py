@@ -86,6 +86,9 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     updates_per_epoch: int = 2  # optimizer updates per rollout batch (one per minibatch)
     inner_epochs: int = 1  # passes over the rollout batch
+    # memory bound of the training forward: several trained steps go through the network in one call
+    # while (samples x steps x CFG copies) stays within this many rows; 0 = one step per call
+    max_forward_rows: int = 0
     timestep_fraction: float = 0.99  # train the first int(K * fraction) steps (of the SDE window)
     adv_std: str = "group"
     adv_eps: float = 1e-4
@@ -183,6 +186,7 @@ class RunConfig:
         need(t.lr > 0, "train.lr", "must be > 0")
         need(t.updates_per_epoch >= 1, "train.updates_per_epoch", "must be >= 1")
         need(t.inner_epochs >= 1, "train.inner_epochs", "must be >= 1")
+        need(t.max_forward_rows >= 0, "train.max_forward_rows", "must be >= 0 (0: one step per call)")
         need(0 < t.timestep_fraction <= 1, "train.timestep_fraction", "must be in (0, 1]")
         need(t.adv_std in STD_MODES, "train.adv_std", f"must be one of {STD_MODES}")
         need(t.adv_clip_max > 0, "train.adv_clip_max", "must be > 0")

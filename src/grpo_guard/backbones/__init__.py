@@ -11,6 +11,7 @@ from .base import Backbone, Conditioning
 #: backbone name -> "module:constructor"; constructor(params: dict, ctx: BackboneContext) -> Backbone
 BACKBONES: dict[str, str] = {
     "toy": "grpo_guard.backbones.toy:make_toy_backbone",
+    "spectral": "grpo_guard.backbones.spectral:make_spectral_backbone",
 }
 
 

@@ -8,11 +8,15 @@ REWARDS: dict[str, str] = {
     "toy_aesthetic": "grpo_guard.rewards.toy:make_aesthetic_reward",
     "ink": "grpo_guard.rewards.toy:make_ink_reward",
     "toy_hidden_aesthetic": "grpo_guard.rewards.toy:make_hidden_aesthetic_reward",
+    "spectral_proxy": "grpo_guard.rewards.spectral:make_spectral_proxy",
+    "spectral_attribute": "grpo_guard.rewards.spectral:make_spectral_attribute",
+    "spectral_exploit": "grpo_guard.rewards.spectral:make_spectral_exploit",
 }
 
 #: evaluator name -> "module:constructor"; constructor(params: dict, ctx: RewardContext) -> Evaluator
 EVALUATORS: dict[str, str] = {
     "toy_gold": "grpo_guard.rewards.toy:make_gold_evaluator",
+    "spectral_gold": "grpo_guard.rewards.spectral:make_spectral_gold",
 }
 
 

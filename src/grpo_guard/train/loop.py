@@ -200,7 +200,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, accelerator, rank: int, worl
 
     settings_base = dict(sigmas=sigmas, noise_level=s.noise_level, sde_type=s.sde_type, guidance_scale=s.guidance_scale,
                          loss=cfg.loss, updates_per_epoch=t.updates_per_epoch, inner_epochs=t.inner_epochs,
-                         max_grad_norm=t.max_grad_norm)
+                         max_grad_norm=t.max_grad_norm, max_forward_rows=t.max_forward_rows)
     velocity = lambda x, sig, c: backbone(x, sig, c, s.guidance_scale)  # noqa: E731
 
     def evaluate() -> tuple[dict, Tensor]:
@@ -213,7 +213,9 @@ def _train(cfg: RunConfig, out: Path, resume: bool, accelerator, rank: int, worl
         base, _ = evaluate()
         state.base_gold = {k: v for k, v in base.items() if k.startswith("gold/")}
         state.base_proxy = base["eval/proxy_reward_mean"]
-        if is_main:
+        if is_main:  # the base model's evaluation: the common start of every run with this seed
+            base_row = {**base, **normalise_gold(base, state.base_gold, evaluator)}
+            atomic_write_text(out / "base_eval.json", json.dumps(to_jsonable(base_row), indent=1))
             gold = ", ".join(f"{k[5:]} {v:.4g}" for k, v in state.base_gold.items())
             log(f"base model: eval proxy {state.base_proxy:.4f}" + (f", gold {gold}" if gold else "")
                 + f" ({time.perf_counter() - t_eval:.1f} s)")

@@ -2,8 +2,11 @@
 
 For each minibatch and each trained step, the current velocity is recomputed at the stored state,
 the stored next state is re-scored with :func:`grpo_guard.sde_step` (the same function the rollout
-used, so the on-policy ratio is 1) and :func:`grpo_guard.policy_loss` gives the loss. Gradients are
-accumulated over the trained steps and the optimizer steps once per minibatch. The first minibatch
+used, so the on-policy ratio is 1) and :func:`grpo_guard.policy_loss` gives the loss. Several
+trained steps go through the network in ONE call (their states stacked, each row with its own
+sigma) while the rows stay within ``max_forward_rows``; the loss is the same mean over (sample,
+step) entries either way. Gradients are accumulated over the trained steps and the optimizer steps
+once per minibatch. The first minibatch
 is on-policy; later ones are off-policy, which is where the ratio leaves 1 and clipping acts.
 
 Distributed: each process holds its own samples. Losses are scaled so that, after DDP averages the
@@ -53,6 +56,7 @@ class UpdateSettings:
     inner_epochs: int
     max_grad_norm: float
     preflight_tol: float | None  # None: no preflight this epoch
+    max_forward_rows: int = 0  # rows per training forward call (samples x steps x CFG); 0: one step per call
 
 
 @dataclass
@@ -91,36 +95,48 @@ def minibatch_positions(order: Tensor, num_minibatches: int) -> list[Tensor]:
     return list(order.chunk(num_minibatches))
 
 
+def step_chunks(num_steps: int, rows_per_step: int, max_rows: int) -> list[list[int]]:
+    """Trained-step positions 0..num_steps-1 grouped for one forward call each: as many consecutive
+    steps per call as fit ``max_rows`` rows (at least one); ``max_rows`` 0 = one step per call."""
+    per = 1 if max_rows <= 0 else max(1, max_rows // max(rows_per_step, 1))
+    return [list(range(a, min(a + per, num_steps))) for a in range(0, num_steps, per)]
+
+
 def _entry_loss(
     velocity_fn: Callable[[Tensor, Tensor, Conditioning], Tensor],
     traj: Trajectory,
     idx: Tensor,
-    j: int,
+    js: int | Sequence[int],
     cond: Conditioning,
     advantages: Tensor,
     s: UpdateSettings,
     reference_fn: Callable[[Tensor, Tensor, Conditioning], Tensor] | None,
 ):
-    """Loss of trained step j (schedule index traj.step_indices[j]) for local samples ``idx``."""
-    k = int(traj.step_indices[j])
-    x = traj.latents[idx, j]
-    n = x.shape[0]
-    sig, sig_next = s.sigmas[k], s.sigmas[k + 1]
-    sigma_b = sig.to(x.device).expand(n)
+    """Loss of trained step(s) ``js`` (schedule indices traj.step_indices[j]) for local samples ``idx``,
+    in one forward call: the mean over the (step, sample) entries, rows ordered step-major."""
+    js = [js] if isinstance(js, int) else list(js)
+    n = idx.numel()
+    x = torch.cat([traj.latents[idx, j] for j in js])
+    ks = [int(traj.step_indices[j]) for j in js]
+    sig = torch.stack([s.sigmas[k] for k in ks]).to(x.device).repeat_interleave(n)
+    sig_next = torch.stack([s.sigmas[k + 1] for k in ks]).to(x.device).repeat_interleave(n)
     c = cond.index(idx)
-    v = velocity_fn(x, sigma_b, c)
-    cur = sde_step(v, x, sig, sig_next, s.noise_level, next_state=traj.next_latents[idx, j],
-                   sde_type=s.sde_type, reduction=s.loss.reduction)
+    c = c if len(js) == 1 else Conditioning.cat([c] * len(js))
+    nxt = torch.cat([traj.next_latents[idx, j] for j in js])
+    v = velocity_fn(x, sig, c)
+    cur = sde_step(v, x, sig, sig_next, s.noise_level, next_state=nxt, sde_type=s.sde_type,
+                   reduction=s.loss.reduction)
     ref_mean = None
     if s.loss.kl_coef > 0:
         with torch.no_grad():
-            v_ref = reference_fn(x, sigma_b, c)
-            ref_mean = sde_step(v_ref, x, sig, sig_next, s.noise_level, next_state=traj.next_latents[idx, j],
+            v_ref = reference_fn(x, sig, c)
+            ref_mean = sde_step(v_ref, x, sig, sig_next, s.noise_level, next_state=nxt,
                                 sde_type=s.sde_type, reduction=s.loss.reduction).mean
-    dt = (sig_next - sig).to(x.device).expand(n)
+    old_log_prob = torch.cat([traj.log_probs[idx, j] for j in js])
+    old_mean = torch.cat([traj.means[idx, j] for j in js])
     return policy_loss(
-        cur.log_prob, traj.log_probs[idx, j], advantages[idx],
-        mean=cur.mean, old_mean=traj.means[idx, j], std=cur.std, dt=dt, sigma=sigma_b, sigma_t=cur.sigma_t,
+        cur.log_prob, old_log_prob, advantages[idx].repeat(len(js)),
+        mean=cur.mean, old_mean=old_mean, std=cur.std, dt=sig_next - sig, sigma=sig, sigma_t=cur.sigma_t,
         ref_mean=ref_mean, ratio_mode=s.loss.ratio_mode, step_weight=s.loss.step_weight,
         clip_range=s.loss.clip_range, kl_coef=s.loss.kl_coef, reduction=s.loss.reduction,
         official_compat=s.loss.official_compat,
@@ -160,27 +176,30 @@ def update_policy(
     count = 0
     entries: dict[str, list[Tensor]] = defaultdict(list)
     first = True
+    cfg_copies = 1 if s.guidance_scale == 1 else 2
     for inner in range(s.inner_epochs):
         for m, idx in enumerate(minibatch_positions(local_orders[inner], s.updates_per_epoch)):
             off_policy = not first
-            for j in range(t_count):
-                sync = nullcontext() if j == t_count - 1 else accelerator.no_sync(model)
+            n = idx.numel()
+            # official_compat's ratio terms are batch means that assume one step per call
+            chunks = step_chunks(t_count, n * cfg_copies, 0 if s.loss.official_compat else s.max_forward_rows)
+            for ci, js in enumerate(chunks):
+                sync = nullcontext() if ci == len(chunks) - 1 else accelerator.no_sync(model)
                 with sync:
                     with accelerator.autocast():
-                        loss, st = _entry_loss(velocity_fn, traj, idx, j, cond, advantages, s, reference_fn)
+                        loss, st = _entry_loss(velocity_fn, traj, idx, js, cond, advantages, s, reference_fn)
                     if first and s.preflight_tol is not None:
                         val = st["log_ratio"].abs().max().reshape(1)
                         result.preflight_max_abs_log_ratio = max(result.preflight_max_abs_log_ratio or 0.0,
                                                                   float(val))
-                    accelerator.backward(loss / t_count)
+                    accelerator.backward(loss * (len(js) / t_count))
                 for key in ("loss", "policy_loss", "kl", "clip_frac", "clip_frac_high", "clip_frac_low",
                             "approx_kl", "ratio_mean", "raw_ratio_mean"):
-                    sums[key] += float(st[key])
-                count += 1
+                    sums[key] += float(st[key]) * len(js)
+                count += len(js)
                 if off_policy:
-                    n = idx.numel()
-                    entries["step"].append(torch.full((n,), int(traj.step_indices[j]), dtype=torch.long))
-                    entries["advantage"].append(advantages[idx].detach().float().cpu())
+                    entries["step"].append(traj.step_indices[js].to(torch.long).cpu().repeat_interleave(n))
+                    entries["advantage"].append(advantages[idx].detach().float().cpu().repeat(len(js)))
                     for key in ("log_ratio", "log_ratio_used", "bias"):
                         entries[key].append(st[key].float().cpu())
             if first and s.preflight_tol is not None:

@@ -8,6 +8,9 @@ is robust to high-frequency junk, which the proxy rewards are not). From it come
   digits in the classifier's penultimate features, and k-NN precision / recall in that space
   (Kynkaanniemi et al.'s definition, k = 3);
 - diversity within a prompt: mean pairwise feature distance between images of the same label.
+- HF energy: the mean power of each image's spatial frequencies above half Nyquist, where the proxies'
+  spurious cues live and real digits have almost none (a direct measure of exploit use and drift;
+  lower is better).
 
 ``normalise_gold`` divides each metric by its value for the base model (FD: base / value, so
 that higher is always better) and averages them, like Table 1 of the GRPO-Guard paper.
@@ -248,6 +251,18 @@ def knn_precision_recall(real: Tensor, fake: Tensor, k: int = 3) -> tuple[float,
     return float(precision), float(recall)
 
 
+def hf_energy(images: Tensor, band_lo: float = 0.5) -> float:
+    """Mean power (per pixel, in [-1, 1] units squared) of the spatial frequencies whose radial frequency
+    is at least ``band_lo`` x Nyquist, averaged over the (B, 1, R, R) ``images`` (clamped to [-1, 1])."""
+    x = images.detach().to(torch.float64).clamp(-1, 1)[:, 0]
+    r = x.shape[-1]
+    spec = torch.fft.fft2(x, norm="ortho").abs().square()  # Parseval: sums to sum(x^2)
+    f = torch.fft.fftfreq(r, dtype=torch.float64).abs() * 2  # in units of Nyquist, 0 .. 1
+    radial = torch.sqrt(f[:, None] ** 2 + f[None, :] ** 2)
+    mask = radial >= band_lo
+    return float(spec[:, mask].sum(-1).mean() / (r * r))
+
+
 def within_label_diversity(feats: Tensor, labels: Tensor) -> float:
     """Mean over labels (with >= 2 samples) of the mean pairwise L2 distance between features (N, F) of that label.
 
@@ -298,17 +313,20 @@ class GoldConfig(NetTrainingConfig):
 
 @dataclass(frozen=True)
 class GoldScores:
-    """Gold metrics of one image set. ``frechet`` is lower-is-better, all others higher-is-better."""
+    """Gold metrics of one image set. ``frechet`` and ``hf_energy`` are lower-is-better, all others
+    higher-is-better."""
 
     accuracy: float
     frechet: float
     precision: float
     recall: float
     diversity: float
+    hf_energy: float
     n: int
 
 
-GOLD_HIGHER_IS_BETTER = {"accuracy": True, "frechet": False, "precision": True, "recall": True, "diversity": True}
+GOLD_HIGHER_IS_BETTER = {"accuracy": True, "frechet": False, "precision": True, "recall": True, "diversity": True,
+                         "hf_energy": False}
 DEFAULT_GOLD_AVERAGE = ("accuracy", "frechet", "precision")
 
 
@@ -324,6 +342,7 @@ class NormalisedGold:
     precision: float
     recall: float
     diversity: float
+    hf_energy: float
     mean: float
     averaged: tuple[str, ...]
 
@@ -407,7 +426,8 @@ class GoldEvaluator:
         acc = float((self.model.head(feats).argmax(1) == labels.cpu()).double().mean())
         prec, rec = knn_precision_recall(self.reference_features, feats, k=self.config.knn_k)
         return GoldScores(accuracy=acc, frechet=frechet_distance(feats, self.reference_features), precision=prec,
-                          recall=rec, diversity=within_label_diversity(feats, labels.cpu()), n=int(images.shape[0]))
+                          recall=rec, diversity=within_label_diversity(feats, labels.cpu()),
+                          hf_energy=hf_energy(images), n=int(images.shape[0]))
 
 
 def _gold_augment(config: GoldConfig):

@@ -1,0 +1,383 @@
+"""The reproduction study: arms x conditions x seeds, each arm's clip calibrated on its own ratio.
+
+``grpo-guard study --preset NAME --out DIR`` runs, for every condition (a proxy reward, or a cell of
+the evidence map) and every arm (a built-in method config):
+
+1. a short calibration run with clipping off; the arm's clip range is set to the median over the
+   trained steps of its own (transformed) ratio's standard deviation (pilot 1: the paper's 2e-6
+   clips nearly every off-policy sample in a small world, so a fixed width is not comparable across
+   arms or worlds);
+2. one training run per seed with that clip range, into ``DIR/<condition>/<arm>_s<seed>``;
+3. a summary per arm (``DIR/study.json`` and ``DIR/study.md``): proxy reached, every gold at matched
+   proxy against the baseline arm and at the end, the monitor's hacking epoch, the raw ratio's
+   left shift per step, clip fractions by advantage sign, the gradient-norm spread across steps,
+   the regime (bias / spread at the last trained step) and the wall time; and one ``report.html``
+   per condition.
+
+Finished runs are skipped and interrupted ones resumed, so the command can be re-run after a stop.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["ARMS", "Condition", "StudyPlan", "PRESETS", "run_study", "calibrate_clip", "summarize_condition",
+           "format_study_markdown"]
+
+#: arm (a built-in config) -> display label
+ARMS: dict[str, str] = {
+    "flow_grpo": "Flow-GRPO",
+    "flow_grpo_kl": "Flow-GRPO + KL",
+    "mean_revised": "mean-revised",
+    "ratio_norm": "RatioNorm only",
+    "grpo_guard": "GRPO-Guard",
+    "temp_reweight": "TempFlow-style",
+}
+
+
+@dataclass
+class Condition:
+    """One condition of a study: its overrides and the gold metrics to compare at matched proxy
+    (metric key in metrics.jsonl -> True if higher is better)."""
+
+    name: str
+    overrides: list[str]
+    golds: dict[str, bool]
+    note: str = ""
+
+
+@dataclass
+class StudyPlan:
+    name: str
+    world: list[str]
+    conditions: list[Condition]
+    arms: list[str] = field(default_factory=lambda: list(ARMS))
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    baseline: str = "flow_grpo"
+    calibrate_epochs: int = 4
+
+
+# ---- presets ----------------------------------------------------------------------------------------
+
+#: the digits world of the demo (diffusers SD3 transformer, 32 px, latent 16 x 8 x 8: D = 1024)
+DIGITS_WORLD = [
+    "backbone.params={net: sd3, resolution: 32, layout: latent16, pretrain_steps: 1000, generator: {batch_size: 64}}",
+    "sample.prompts_per_epoch=4", "sample.group_size=8", "train.epochs=50", "train.lr=1e-3",
+    "train.inner_epochs=2", "eval.every=5", "eval.samples_per_prompt=8", "log.image_every=25",
+    "train.grad_norm_every=5", "log.checkpoint_every=25",
+]
+_DIGITS_GOLDS = {"gold_normalized_avg": True, "gold_norm/accuracy": True, "gold_norm/frechet": True,
+                 "gold_norm/precision": True, "gold/hf_energy": False}
+
+#: the spectral world (analytic base; pilot 2's settings: P 10 x G 12, 8 updates per batch)
+SPECTRAL_WORLD = [
+    "backbone={name: spectral, params: {n: 64, hf_authority: 3.0}}", "sample.guidance_scale=1",
+    "sample.prompts_per_epoch=10", "sample.group_size=12", "sample.batch_size=120",
+    "train.epochs=50", "train.lr=1e-4", "train.updates_per_epoch=4", "train.inner_epochs=2", "train.adv_std=group",
+    "rewards=[{name: spectral_proxy, role: proxy}, {name: spectral_attribute, role: gold},"
+    " {name: spectral_exploit, role: gold}]",
+    "eval.evaluator=spectral_gold", "eval.every=5", "eval.samples_per_prompt=50", "log.image_every=0",
+    "train.grad_norm_every=5", "log.checkpoint_every=25", "monitor.enabled=false",
+]
+_SPECTRAL_GOLDS = {"eval/spectral_attribute_mean": True, "gold/drift_lf": False, "gold/drift_hf": False,
+                   "eval/spectral_exploit_mean": False}
+
+
+def _spectral_cell(route: str, n: int, updates: str) -> Condition:
+    ov = [f"backbone.params.n={n}"]
+    if route == "single":
+        ov.append("rewards=[{name: spectral_proxy, role: proxy, params: {exploit_weight: 0.0}},"
+                  " {name: spectral_attribute, role: gold}, {name: spectral_exploit, role: gold}]")
+    if updates == "few":
+        ov += ["train.updates_per_epoch=1", "train.inner_epochs=1"]
+    return Condition(f"{route}-route_D{n * n}_{updates}-updates", ov, _SPECTRAL_GOLDS,
+                     note=f"{route}-route proxy, D = {n * n}, {'1' if updates == 'few' else '8'} update(s) per batch")
+
+
+PRESETS: dict[str, StudyPlan] = {
+    "digits": StudyPlan(
+        name="digits", world=DIGITS_WORLD,
+        conditions=[
+            Condition("classifier", ["rewards=[{name: toy_classifier, role: proxy}, {name: toy_hidden_aesthetic, "
+                                     "role: gold}]"], _DIGITS_GOLDS, note="classifier proxy (GenEval/OCR analogue)"),
+            Condition("aesthetic", ["rewards=[{name: toy_aesthetic, role: proxy}, {name: toy_hidden_aesthetic, "
+                                    "role: gold}]"], {**_DIGITS_GOLDS, "eval/toy_hidden_aesthetic_mean": True},
+                      note="aesthetic proxy (PickScore analogue); true attribute: hidden aesthetic"),
+        ]),
+    "spectral": StudyPlan(
+        name="spectral", world=SPECTRAL_WORLD,
+        conditions=[_spectral_cell("multi", 64, "many")]),
+    "map": StudyPlan(
+        name="map", world=SPECTRAL_WORLD, arms=["flow_grpo", "grpo_guard"],
+        conditions=[_spectral_cell(r, n, u) for r in ("multi", "single") for n in (16, 64, 128)
+                    for u in ("many", "few")]),
+    # tiny: for tests (seconds per run)
+    "tiny": StudyPlan(
+        name="tiny", world=[*SPECTRAL_WORLD, "backbone.params.n=8", "train.epochs=4", "eval.every=1", "train.lr=3e-3",
+                            "sample.prompts_per_epoch=2", "sample.group_size=4", "sample.batch_size=8",
+                            "eval.samples_per_prompt=4", "train.grad_norm_every=1", "log.checkpoint_every=0"],
+        conditions=[Condition("multi", [], _SPECTRAL_GOLDS)], arms=["flow_grpo", "grpo_guard"], seeds=[0, 1],
+        calibrate_epochs=2),
+}
+
+
+# ---- calibration --------------------------------------------------------------------------------
+
+def _rows(run_dir: Path) -> list[dict]:
+    from .report.runs import _read_metrics
+
+    path = run_dir / "metrics.jsonl"
+    return _read_metrics(path)[0] if path.is_file() else []
+
+
+def _is_complete(run_dir: Path, epochs: int) -> bool:
+    rows = [r for r in _rows(run_dir) if isinstance(r.get("epoch"), int)]
+    return bool(rows) and max(r["epoch"] for r in rows) >= epochs - 1
+
+
+def clip_from_rows(rows: list[dict]) -> float | None:
+    """The calibrated clip range: median over trained steps of the mean (over epochs) of the std of the
+    ratio the arm clips (``step_stats.ratio_std``). None when there is no spread (all updates were
+    on-policy, so clipping never acts)."""
+    per_epoch = [r["step_stats"]["ratio_std"] for r in rows if isinstance(r.get("step_stats"), dict)]
+    if not per_epoch:
+        return None
+    m = np.array(per_epoch, dtype=float)
+    with np.errstate(all="ignore"):
+        prof = np.nanmean(np.where(np.isfinite(m), m, np.nan), axis=0)
+    prof = prof[np.isfinite(prof) & (prof > 0)]
+    return float(np.median(prof)) if prof.size else None
+
+
+def calibrate_clip(arm: str, overrides: list[str], out: Path, epochs: int, log=print) -> float | None:
+    """Run ``arm`` for ``epochs`` with clipping off (no evaluation) into ``out`` and return
+    :func:`clip_from_rows` of its metrics. Cached: a finished calibration run is only read."""
+    from .config import load_config
+    from .train.loop import train
+
+    if not _is_complete(out, epochs):
+        if out.exists():
+            shutil.rmtree(out)
+        cfg = load_config(arm, [*overrides, f"train.epochs={epochs}", "loss.clip_range=1e9", "eval.every=0",
+                                "log.image_every=0", "log.checkpoint_every=0", "train.grad_norm_every=0",
+                                "monitor.enabled=false"])
+        cfg.log.progress = False
+        train(cfg, out, log=lambda *_: None)
+    eps = clip_from_rows(_rows(out))
+    log(f"[study] {arm}: calibrated clip range {eps if eps is None else f'{eps:.3g}'} ({out})")
+    return eps
+
+
+# ---- running ------------------------------------------------------------------------------------
+
+def run_study(plan: StudyPlan, out: Path, *, extra: list[str] | None = None, log=print) -> Path:
+    """Run the whole plan into ``out`` and write ``study.json``, ``study.md`` and a report per condition.
+    Returns the path of ``study.md``."""
+    from .config import load_config
+    from .report import build_report
+    from .train.loop import train
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    extra = list(extra or [])
+    (out / "plan.json").write_text(json.dumps({**asdict(plan), "extra": extra}, indent=1))
+    t_all = time.perf_counter()
+    results = []
+    for cond in plan.conditions:
+        cdir = out / cond.name
+        overrides = [*plan.world, *cond.overrides, *extra]
+        clips: dict[str, float | None] = {}
+        for arm in plan.arms:
+            clips[arm] = calibrate_clip(arm, overrides, cdir / f"calibrate_{arm}", plan.calibrate_epochs, log=log)
+        run_dirs, labels = [], {}
+        for arm in plan.arms:
+            for seed in plan.seeds:
+                run = cdir / f"{arm}_s{seed}"
+                clip = [f"loss.clip_range={clips[arm]:.6g}"] if clips[arm] else []
+                cfg = load_config(arm, [*overrides, *clip, f"seed={seed}"])
+                cfg.log.progress = False
+                if _is_complete(run, cfg.train.epochs):
+                    log(f"[study] {cond.name} {arm} seed {seed}: done already")
+                else:
+                    t0 = time.perf_counter()
+                    resume = (run / "metrics.jsonl").is_file() and (run / "checkpoints").is_dir()
+                    if run.exists() and not resume:
+                        shutil.rmtree(run)
+                    train(cfg, run, resume=resume, log=lambda *_: None)
+                    log(f"[study] {cond.name} {arm} seed {seed}: {time.perf_counter() - t0:.0f} s")
+                run_dirs.append(run)
+                labels[str(run)] = ARMS.get(arm, arm)
+        build_report(run_dirs, cdir, title=f"Study {plan.name}: {cond.note or cond.name}", labels=labels)
+        results.append(summarize_condition(plan, cond, cdir, clips))
+    doc = {"plan": plan.name, "extra": extra, "conditions": results, "seconds": time.perf_counter() - t_all}
+    (out / "study.json").write_text(json.dumps(doc, indent=1, default=_json_default))
+    md = out / "study.md"
+    md.write_text(format_study_markdown(doc))
+    log(f"[study] wrote {md}")
+    return md
+
+
+def _json_default(o):
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    raise TypeError(type(o))
+
+
+# ---- summary ------------------------------------------------------------------------------------
+
+def _stats(values) -> dict:
+    v = [float(x) for x in values if x is not None and math.isfinite(float(x))]
+    if not v:
+        return {"mean": float("nan"), "sd": float("nan"), "n": 0}
+    return {"mean": statistics.fmean(v), "sd": statistics.pstdev(v) if len(v) > 1 else 0.0, "n": len(v)}
+
+
+def _eval_points(run, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(evaluation proxy, ``key``) of a run in epoch order, starting with the base model's evaluation
+    (``base_eval.json``) when the run wrote one."""
+    from .report.runs import _num
+
+    rows = list(run.epoch_rows)
+    base = run.path / "base_eval.json"
+    if base.is_file():
+        try:
+            rows.insert(0, json.loads(base.read_text()))
+        except (OSError, ValueError):
+            pass
+    px, gd = [], []
+    for r in rows:
+        p, g = _num(r.get("eval/proxy_reward_mean")), _num(r.get(key))
+        if math.isfinite(p) and math.isfinite(g):
+            px.append(p)
+            gd.append(g)
+    return np.array(px), np.array(gd)
+
+
+def summarize_condition(plan: StudyPlan, cond: Condition, cdir: Path, clips: dict) -> dict:
+    """Per-arm numbers of one condition (see the module docstring); gold at matched proxy is taken at
+    the highest proxy level that every seed of both the arm and the baseline reached."""
+    from .report.runs import load_run
+
+    runs = {arm: [load_run(cdir / f"{arm}_s{s}") for s in plan.seeds] for arm in plan.arms}
+    base_runs = runs.get(plan.baseline, [])
+    arms_out = {}
+    for arm, rs in runs.items():
+        rows = rs
+        entry: dict = {"label": ARMS.get(arm, arm), "clip_range": clips.get(arm)}
+        proxy_final = [_eval_points(rw, "eval/proxy_reward_mean")[0][-1:] for rw in rows]
+        entry["proxy_start"] = _stats([_eval_points(rw, "eval/proxy_reward_mean")[0][0] for rw in rows
+                                       if _eval_points(rw, "eval/proxy_reward_mean")[0].size])
+        entry["proxy_final"] = _stats([p[0] for p in proxy_final if p.size])
+        entry["proxy_peak"] = _stats([_eval_points(rw, "eval/proxy_reward_mean")[0].max() for rw in rows
+                                      if _eval_points(rw, "eval/proxy_reward_mean")[0].size])
+        entry["hacking_epochs"] = [r.hacking_epoch() for r in rs]
+        entry["wall_seconds"] = _stats([r.last("wall_seconds") for r in rs])
+        entry["grad_norm_spread"] = _stats([r.mean_grad_norm_spread() for r in rs])
+        entry["clip_high_pos"] = _stats([r.mean_clip_high_pos() for r in rs])
+        entry["clip_low_neg"] = _stats([_mean_step_stat(r, "clip_low_neg") for r in rs])
+        prof = [r.step_profile("raw_ratio_mean")[1] for r in rs]
+        entry["raw_ratio_mean_minus_1_per_step"] = (np.nanmean(np.stack(prof), axis=0) - 1).tolist() if prof else []
+        entry["frac_steps_raw_ratio_below_1"] = _stats([float(np.mean(p[np.isfinite(p)] < 1)) for p in prof
+                                                        if np.isfinite(p).any()])
+        entry["bias_over_spread_last_step"] = _stats([_last_step(r, "bias_over_spread") for r in rs])
+        golds = {}
+        for key, higher in cond.golds.items():
+            g: dict = {"higher_is_better": higher}
+            g["start"] = _stats([_eval_points(rw, key)[1][0] for rw in rows if _eval_points(rw, key)[1].size])
+            g["final"] = _stats([_eval_points(rw, key)[1][-1] for rw in rows if _eval_points(rw, key)[1].size])
+            if arm != plan.baseline and base_runs:
+                g["matched"] = _matched(rs, base_runs, key)
+            golds[key] = g
+        entry["golds"] = golds
+        arms_out[arm] = entry
+    return {"condition": cond.name, "note": cond.note, "baseline": plan.baseline, "seeds": plan.seeds,
+            "arms": arms_out}
+
+
+def _matched(arm_runs, base_runs, key: str) -> dict | None:
+    """Gold ``key`` of the arm and the baseline at a matched proxy GAIN (proxy minus the run's own
+    starting evaluation; runs with the same seed share the evaluation noise and the start, so the
+    comparison is paired by seed): the largest gain every run of both reached."""
+    from .report.runs import gold_at_proxy
+
+    pts = {id(r): _eval_points(r, key) for r in [*arm_runs, *base_runs]}
+    if not all(p[0].size for p in pts.values()):
+        return None
+    level = min(float((p[0] - p[0][0]).max()) for p in pts.values())
+    if not level > 0:
+        return None
+
+    def at(run):
+        px, gd = pts[id(run)]
+        return gold_at_proxy(px - px[0], gd, level)
+
+    arm_v, base_v = [at(r) for r in arm_runs], [at(r) for r in base_runs]
+    paired = [a - b for a, b in zip(arm_v, base_v)] if len(arm_v) == len(base_v) else []
+    return {"proxy_gain": level, "arm": _stats(arm_v), "baseline": _stats(base_v), "paired_diff": _stats(paired),
+            "arm_per_seed": arm_v, "baseline_per_seed": base_v}
+
+
+def _mean_step_stat(run, stat: str) -> float:
+    _, _, m = run.step_matrix(stat)
+    if m.size == 0 or not np.isfinite(m).any():
+        return float("nan")
+    return float(np.nanmean(m))
+
+
+def _last_step(run, stat: str) -> float:
+    _, prof = run.step_profile(stat)
+    f = prof[np.isfinite(prof)]
+    return float(f[-1]) if f.size else float("nan")
+
+
+def _f(s: dict, spec: str = ".3f") -> str:
+    if not s or s.get("n", 0) == 0 or not math.isfinite(s["mean"]):
+        return "n/a"
+    return f"{s['mean']:{spec}} ± {s['sd']:{spec}}" if s["n"] > 1 else f"{s['mean']:{spec}}"
+
+
+def format_study_markdown(doc: dict) -> str:
+    """The summary tables of a study (one section per condition)."""
+    lines = [f"# Study `{doc['plan']}`", "", f"Total time {doc['seconds'] / 60:.1f} min. Values are mean ± sd over "
+             "seeds. Gold at matched proxy: at the highest evaluation-proxy level that every seed of the arm and "
+             "of the baseline reached (first crossing, interpolated).", ""]
+    for c in doc["conditions"]:
+        lines += [f"## {c['condition']}" + (f": {c['note']}" if c["note"] else ""), ""]
+        lines += ["| arm | clip | proxy start → final (peak) | hacking epoch | raw r̄<1 steps | r̄−1 last step "
+                  "| clip hi A>0 | clip lo A<0 | bias/spread last | grad spread | wall s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for a in c["arms"].values():
+            hack = ",".join("-" if h is None else str(h) for h in a["hacking_epochs"])
+            r1 = a["raw_ratio_mean_minus_1_per_step"]
+            r1_last = next((v for v in reversed(r1) if v is not None and math.isfinite(v)), float("nan"))
+            clip = "n/a" if a["clip_range"] is None else f"{a['clip_range']:.2g}"
+            lines.append(f"| {a['label']} | {clip} | {_f(a['proxy_start'], '.2f')} → {_f(a['proxy_final'], '.2f')} "
+                         f"({_f(a['proxy_peak'], '.2f')}) | {hack} | {_f(a['frac_steps_raw_ratio_below_1'], '.2f')} "
+                         f"| {r1_last:.1e} | {_f(a['clip_high_pos'], '.3f')} | {_f(a['clip_low_neg'], '.3f')} "
+                         f"| {_f(a['bias_over_spread_last_step'], '.2f')} | {_f(a['grad_norm_spread'], '.1f')} "
+                         f"| {_f(a['wall_seconds'], '.1f')} |")
+        lines += ["", "Golds (↑ higher is better, ↓ lower): start → final, and at matched proxy (arm vs baseline).", "",
+                  "| arm | gold | start → final | matched proxy gain | arm | baseline | Δ (paired) |",
+                  "|---|---|---|---|---|---|---|"]
+        for a in c["arms"].values():
+            for key, g in a["golds"].items():
+                arrow = "↑" if g["higher_is_better"] else "↓"
+                m = g.get("matched")
+                if m:
+                    d = m["paired_diff"]
+                    rel = (f" ({100 * d['mean'] / abs(m['baseline']['mean']):+.1f}%)"
+                           if d["n"] and abs(m["baseline"]["mean"]) > 1e-9 else "")
+                    mcols = f"{m['proxy_gain']:.3f} | {_f(m['arm'])} | {_f(m['baseline'])} | {_f(d, '+.3f')}{rel}"
+                else:
+                    mcols = "– | – | – | –"
+                lines.append(f"| {a['label']} | {key} {arrow} | {_f(g['start'])} → {_f(g['final'])} | {mcols} |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
