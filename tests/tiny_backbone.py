@@ -100,3 +100,24 @@ class ShapeReward:
 
 def make_bad_shape_reward(params, ctx):
     return ShapeReward()
+
+
+class NanTrainBackbone(TinyBackbone):
+    """Returns NaN velocities in training mode for training-forward calls number ``nan_from`` to
+    ``nan_to - 1`` (counted from 0; rollouts run in eval mode and stay finite)."""
+
+    def __init__(self, nan_from: int = 0, nan_to: int = 10**9, **kw):
+        super().__init__(**kw)
+        self.nan_from, self.nan_to, self.calls = nan_from, nan_to, 0
+
+    def forward(self, latents, sigma, cond, guidance_scale):
+        v = super().forward(latents, sigma, cond, guidance_scale)
+        if self.training:
+            self.calls += 1
+            if self.nan_from <= self.calls - 1 < self.nan_to:
+                return v * float("nan")
+        return v
+
+
+def make_nan_backbone(params, ctx):
+    return NanTrainBackbone(**params)

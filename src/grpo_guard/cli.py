@@ -52,7 +52,8 @@ def _cmd_mechanism(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .config import ConfigError, load_config
-    from .train.loop import PreflightError, RunDirError, TrainingStopped, train
+    from .train.loop import (OutputWriteError, PreflightError, RunDirError, TrainingInterrupted, TrainingStopped,
+                             train)
 
     if args.resume and args.config:
         raise UsageError("--resume and --config are exclusive (a resumed run keeps its own config.yaml)")
@@ -77,6 +78,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     except PreflightError as e:
         print(f"grpo-guard train: preflight failed: {e}", file=sys.stderr)
+        return 1
+    except TrainingInterrupted as e:
+        print(f"grpo-guard train: {e}", file=sys.stderr)
+        return 128 + int(e.signum)
+    except OutputWriteError as e:
+        print(f"grpo-guard train: {e}", file=sys.stderr)
         return 1
     except TrainingStopped as e:
         print(f"grpo-guard train: {e}", file=sys.stderr)

@@ -92,28 +92,40 @@ def save_checkpoint(run_dir: Path, epoch: int, *, trainable: dict[str, torch.Ten
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"epoch_{epoch:06d}"
     tmp = ckpt_root / f".tmp_epoch_{epoch:06d}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    for stale in ckpt_root.glob(".tmp_epoch_*"):  # left by a process killed while writing
+        shutil.rmtree(stale, ignore_errors=True)
     tmp.mkdir()
+    try:
+        _write_files(tmp, epoch, trainable=trainable, optimizer=optimizer, ema=ema, state=state)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # e.g. disk full: the older checkpoints stay as they were
+        raise
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _write_files(tmp: Path, epoch: int, *, trainable, optimizer, ema, state) -> None:
+    from .faults import fault_point
+
     save_file({k: v.detach().cpu().contiguous() for k, v in trainable.items()}, tmp / "trainable.safetensors")
+    fault_point("checkpoint_write")
     opt_tensors, opt_structure = optimizer_to_tensors(optimizer)
     save_file(opt_tensors, tmp / "optimizer.safetensors")
     (tmp / "optimizer.json").write_text(json.dumps(opt_structure))
     if ema is not None:
         save_file({k: v.detach().cpu().contiguous() for k, v in ema.items()}, tmp / "ema.safetensors")
     (tmp / "state.json").write_text(json.dumps({**state, "epoch": epoch, "rng": _rng_state()}))
+    fault_point("checkpoint_write")
     files = sorted(p.name for p in tmp.iterdir())
     manifest = {"epoch": epoch, "files": {name: _sha256(tmp / name) for name in files}}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
     for p in tmp.iterdir():
         with open(p, "rb") as f:
             os.fsync(f.fileno())
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    for old in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:

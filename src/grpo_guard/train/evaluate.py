@@ -28,6 +28,7 @@ def evaluate_policy(backbone, cfg: RunConfig, all_prompts: list[str], rewards: d
     """Returns (metrics, images): ``eval/<reward>_mean``, ``eval/proxy_reward_mean``, ``gold/<metric>``;
     images (N, C, H, W) in [0, 1] in prompt order (each prompt ``samples_per_prompt`` times)."""
     s = cfg.sample
+    backbone.eval()  # e.g. dropout off; the training loop switches back to train mode for its update
     rank = accelerator.process_index if accelerator is not None else 0
     world = accelerator.num_processes if accelerator is not None else 1
     eval_prompts = [p for p in all_prompts for _ in range(cfg.eval.samples_per_prompt)]

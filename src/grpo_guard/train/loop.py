@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -38,14 +39,27 @@ from .ema import EMA
 from .evaluate import evaluate_policy, normalise_gold
 from .monitor import OveroptimizationMonitor
 from .rollout import per_sample_noise, rollout
+from .faults import StopRequest, fault_point
 from .runlog import MetricsLog, RunDirError, RunLock, atomic_write_text, save_image_grid, to_jsonable
 from .update import PreflightError, UpdateSettings, measure_step_grad_norms, update_policy
 
-__all__ = ["train", "TrainingStopped", "RunDirError", "PreflightError", "prepare_run_dir"]
+__all__ = ["train", "TrainingStopped", "TrainingInterrupted", "OutputWriteError", "RunDirError", "PreflightError", "prepare_run_dir"]
+
+
+class OutputWriteError(RuntimeError):
+    """A checkpoint or a metrics line could not be written (disk full, directory gone or read-only)."""
 
 
 class TrainingStopped(RuntimeError):
     """The run stopped cleanly before its last epoch (too many bad batches); a checkpoint was written."""
+
+
+class TrainingInterrupted(TrainingStopped):
+    """SIGINT or SIGTERM: the run wrote a checkpoint at the end of the current epoch and stopped."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
 
 
 @dataclass
@@ -56,6 +70,7 @@ class RunState:
     base_gold: dict | None = None  # evaluation metrics of the base model (normalisation = 1)
     base_proxy: float | None = None
     consecutive_bad: int = 0
+    skipped_updates: int = 0
     skipped_batches: int = 0
     wall_seconds: float = 0.0
     monitor: dict = field(default_factory=dict)
@@ -116,7 +131,8 @@ def train(cfg: RunConfig, output_dir: str | Path, *, resume: bool = False, log=p
     if is_main:
         lock.acquire()
     try:
-        return _train(cfg, out, resume, accelerator, rank, world, is_main, log)
+        with StopRequest() as stop:
+            return _train(cfg, out, resume, accelerator, rank, world, is_main, log, stop)
     except BaseException:
         if is_main and not resume and not (out / "metrics.jsonl").exists():
             _remove_unstarted_run(out, created)  # a run that failed before its first epoch leaves nothing
@@ -142,7 +158,8 @@ def _remove_unstarted_run(out: Path, created: bool) -> None:
             pass
 
 
-def _train(cfg: RunConfig, out: Path, resume: bool, accelerator, rank: int, world: int, is_main: bool, log) -> Path:
+def _train(cfg: RunConfig, out: Path, resume: bool, accelerator, rank: int, world: int, is_main: bool, log,
+           stop: StopRequest) -> Path:
     device = accelerator.device
     s, t = cfg.sample, cfg.train
     batch = s.prompts_per_epoch * s.group_size
@@ -249,6 +266,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, accelerator, rank: int, worl
                            noise_level=s.noise_level, sde_type=s.sde_type, reduction=cfg.loss.reduction,
                            batch_size=s.batch_size, device=device)
         rollout_s = time.perf_counter() - t0
+        fault_point("rollout")
 
         # 3. rewards
         t0 = time.perf_counter()
@@ -279,7 +297,6 @@ def _train(cfg: RunConfig, out: Path, resume: bool, accelerator, rank: int, worl
                                       f"(last: {problem}); checkpoint of the last good state written")
             row.update({"skipped": True, "skipped_batches": state.skipped_batches})
         else:
-            state.consecutive_bad = 0
             proxy_local = weighted_sum({k: values[k] for k in proxy_weights}, proxy_weights)
 
             # 4. advantages over the gathered batch
@@ -304,8 +321,23 @@ def _train(cfg: RunConfig, out: Path, resume: bool, accelerator, rank: int, worl
                                    traj=traj, cond=cond, advantages=adv_local,
                                    local_orders=[torch.arange(len(local_prompts))] * t.inner_epochs,
                                    settings=settings, after_step=ema.update if ema is not None else None)
-            preflight_pending = False
+            preflight_pending = result.preflight_max_abs_log_ratio is None and preflight_pending
             update_s = time.perf_counter() - t0
+            state.skipped_updates += result.skipped_updates
+            if result.skipped_updates:
+                row["skipped_updates"] = state.skipped_updates
+                if is_main:
+                    log(f"epoch {epoch}: {result.skipped_updates} of {result.num_updates} updates skipped "
+                        f"(NaN or Inf in the loss or the gradients)")
+            if result.num_updates and result.skipped_updates == result.num_updates:
+                state.consecutive_bad += 1
+                if state.consecutive_bad >= t.max_bad_batches:
+                    _checkpoint(out, epoch, backbone, optimizer, ema, state, monitor, cfg, is_main, accelerator)
+                    raise TrainingStopped(f"stopped after {state.consecutive_bad} consecutive epochs without a finite "
+                                          f"update (NaN or Inf in the loss or the gradients); checkpoint of the last "
+                                          f"good state written")
+            else:
+                state.consecutive_bad = 0
             if world > 1 and result.scalars:  # equal shares per process: the mean of means is the global mean
                 keys = sorted(result.scalars)
                 vals = accelerator.reduce(torch.tensor([result.scalars[k] for k in keys], device=device),
@@ -347,6 +379,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, accelerator, rank: int, worl
         if cfg.eval.every and ((epoch + 1) % cfg.eval.every == 0 or epoch + 1 == t.epochs):
             t0 = time.perf_counter()
             res, eval_images = evaluate()
+            fault_point("eval")
             row.update(res)
             row.update(normalise_gold(res, state.base_gold, evaluator))
             eval_s = time.perf_counter() - t0
@@ -364,22 +397,41 @@ def _train(cfg: RunConfig, out: Path, resume: bool, accelerator, rank: int, worl
         row["wall_seconds"] = state.wall_seconds
         state.epoch = epoch + 1
         if is_main:
-            metrics.append(row)
+            try:
+                metrics.append(row)
+            except OSError as e:
+                raise OutputWriteError(f"could not write {metrics.path} ({e.strerror or e}); "
+                                       f"{_intact_note(out)}") from None
         if event.new_best and cfg.monitor.enabled and is_main:
             _save_best(out, backbone, ema, row)
         last_row = row
         bar.set_postfix_str(_postfix(row))
         due = cfg.log.checkpoint_every and (epoch + 1) % cfg.log.checkpoint_every == 0
-        stop = event.hacking and cfg.monitor.stop_on_hacking
-        if due or epoch + 1 == t.epochs or stop:
+        hacking_stop = event.hacking and cfg.monitor.stop_on_hacking
+        interrupted = _stop_agreed(stop, accelerator)
+        if due or epoch + 1 == t.epochs or hacking_stop or interrupted:
             _checkpoint(out, epoch + 1, backbone, optimizer, ema, state, monitor, cfg, is_main, accelerator)
-        if stop:
+        if interrupted:
+            name = signal.Signals(stop.signum).name if stop.signum else "a signal"
+            raise TrainingInterrupted(f"interrupted by {name}: checkpoint of epoch {epoch + 1} written; "
+                                      f"resume with --resume {out}", stop.signum or signal.SIGINT)
+        if hacking_stop:
             if is_main:
                 log(f"over-optimization detected at epoch {event.hacking_epoch}: stopping (monitor.stop_on_hacking)")
             break
     bar.close()
     accelerator.wait_for_everyone()
     return out
+
+
+def _stop_agreed(stop: StopRequest, accelerator) -> bool:
+    """True on every process when any process received SIGINT/SIGTERM (so all checkpoint together)."""
+    flag = torch.tensor([1.0 if stop.requested else 0.0], device=accelerator.device)
+    if accelerator.num_processes > 1:
+        flag = accelerator.reduce(flag, reduction="sum")
+        if float(flag) > 0 and not stop.requested:
+            stop.requested, stop.signum = True, signal.SIGTERM
+    return float(flag) > 0
 
 
 def _postfix(row: dict) -> str:
@@ -397,10 +449,22 @@ def _checkpoint(out, epoch, backbone, optimizer, ema, state, monitor, cfg, is_ma
     if is_main:
         st = {k: v for k, v in state.__dict__.items()}
         st["epoch"] = epoch
-        save_checkpoint(out, epoch, trainable=backbone.trainable_state_dict(), optimizer=optimizer.state_dict(),
-                        ema=ema.state_dict() if ema is not None else None,
-                        state={k: v for k, v in st.items() if k != "epoch"}, keep=cfg.log.keep_checkpoints)
+        try:
+            save_checkpoint(out, epoch, trainable=backbone.trainable_state_dict(), optimizer=optimizer.state_dict(),
+                            ema=ema.state_dict() if ema is not None else None,
+                            state={k: v for k, v in st.items() if k != "epoch"}, keep=cfg.log.keep_checkpoints)
+        except OSError as e:
+            raise OutputWriteError(f"could not write the checkpoint of epoch {epoch} in {out / 'checkpoints'} "
+                                   f"({e.strerror or e}); {_intact_note(out)}") from None
     accelerator.wait_for_everyone()
+
+
+def _intact_note(out: Path) -> str:
+    from .checkpoint import list_checkpoints
+
+    ckpts = list_checkpoints(out)
+    return (f"the previous checkpoint {ckpts[-1].name} is intact (resume with --resume {out})" if ckpts
+            else "no checkpoint had been written yet")
 
 
 def _save_best(out: Path, backbone, ema, row: dict) -> None:

@@ -58,6 +58,9 @@ class MetricsLog:
         return out
 
     def append(self, row: dict) -> None:
+        from .faults import fault_point
+
+        fault_point("metrics_write")
         with open(self.path, "a") as f:
             f.write(json.dumps(to_jsonable(row), allow_nan=False) + "\n")
             f.flush()

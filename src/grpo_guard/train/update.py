@@ -16,6 +16,7 @@ process run with the same global batch.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -27,6 +28,7 @@ from torch import Tensor
 from ..backbones.base import Backbone, Conditioning
 from ..config import LossConfig
 from ..core import grad_norm, policy_loss, sde_step
+from .faults import fault_point
 from .rollout import Trajectory
 
 __all__ = ["PreflightError", "UpdateSettings", "UpdateResult", "update_policy", "measure_step_grad_norms"]
@@ -73,6 +75,8 @@ class UpdateResult:
     entries: dict[str, Tensor] = field(default_factory=dict)
     preflight_max_abs_log_ratio: float | None = None
     grad_norm_total: list[float] = field(default_factory=list)
+    skipped_updates: int = 0
+    num_updates: int = 0
 
 
 def _velocity_fns(model: torch.nn.Module, backbone: Backbone, s: UpdateSettings):
@@ -124,14 +128,16 @@ def _entry_loss(
     c = c if len(js) == 1 else Conditioning.cat([c] * len(js))
     nxt = torch.cat([traj.next_latents[idx, j] for j in js])
     v = velocity_fn(x, sig, c)
+    # no input checks in the hot path: the tensors come from the rollout, and a NaN / Inf velocity must
+    # reach the loss so that the update is skipped (update_policy), not raise
     cur = sde_step(v, x, sig, sig_next, s.noise_level, next_state=nxt, sde_type=s.sde_type,
-                   reduction=s.loss.reduction)
+                   reduction=s.loss.reduction, check_inputs=False)
     ref_mean = None
     if s.loss.kl_coef > 0:
         with torch.no_grad():
             v_ref = reference_fn(x, sig, c)
             ref_mean = sde_step(v_ref, x, sig, sig_next, s.noise_level, next_state=nxt,
-                                sde_type=s.sde_type, reduction=s.loss.reduction).mean
+                                sde_type=s.sde_type, reduction=s.loss.reduction, check_inputs=False).mean
     old_log_prob = torch.cat([traj.log_probs[idx, j] for j in js])
     old_mean = torch.cat([traj.means[idx, j] for j in js])
     return policy_loss(
@@ -139,7 +145,7 @@ def _entry_loss(
         mean=cur.mean, old_mean=old_mean, std=cur.std, dt=sig_next - sig, sigma=sig, sigma_t=cur.sigma_t,
         ref_mean=ref_mean, ratio_mode=s.loss.ratio_mode, step_weight=s.loss.step_weight,
         clip_range=s.loss.clip_range, kl_coef=s.loss.kl_coef, reduction=s.loss.reduction,
-        official_compat=s.loss.official_compat,
+        official_compat=s.loss.official_compat, check_inputs=False,
     )
 
 
@@ -189,9 +195,10 @@ def update_policy(
                     with accelerator.autocast():
                         loss, st = _entry_loss(velocity_fn, traj, idx, js, cond, advantages, s, reference_fn)
                     if first and s.preflight_tol is not None:
-                        val = st["log_ratio"].abs().max().reshape(1)
-                        result.preflight_max_abs_log_ratio = max(result.preflight_max_abs_log_ratio or 0.0,
-                                                                  float(val))
+                        val, cur = float(st["log_ratio"].abs().max()), result.preflight_max_abs_log_ratio
+                        # NaN must survive the max (Python's max would drop it)
+                        result.preflight_max_abs_log_ratio = (val if cur is None or math.isnan(val) or val > cur
+                                                              else cur)
                     accelerator.backward(loss * (len(js) / t_count))
                 for key in ("loss", "policy_loss", "kl", "clip_frac", "clip_frac_high", "clip_frac_low",
                             "approx_kl", "ratio_mean", "raw_ratio_mean"):
@@ -205,15 +212,23 @@ def update_policy(
             if first and s.preflight_tol is not None:
                 worst = torch.tensor([result.preflight_max_abs_log_ratio], device=accelerator.device)
                 worst = float(accelerator.reduce(worst, reduction="max") if accelerator.num_processes > 1 else worst)
-                result.preflight_max_abs_log_ratio = worst
-                if not worst <= s.preflight_tol:
-                    optimizer.zero_grad(set_to_none=True)
-                    raise PreflightError(PREFLIGHT_HELP.format(value=worst, tol=s.preflight_tol))
-            total = accelerator.clip_grad_norm_(backbone.trainable_parameters(), s.max_grad_norm)
-            result.grad_norm_total.append(float(total))
-            optimizer.step()
+                if not math.isfinite(worst):  # a non-finite loss: skipped below, the preflight waits
+                    result.preflight_max_abs_log_ratio = None
+                else:
+                    result.preflight_max_abs_log_ratio = worst
+                    if not worst <= s.preflight_tol:
+                        optimizer.zero_grad(set_to_none=True)
+                        raise PreflightError(PREFLIGHT_HELP.format(value=worst, tol=s.preflight_tol))
+            total = float(accelerator.clip_grad_norm_(backbone.trainable_parameters(), s.max_grad_norm))
+            result.grad_norm_total.append(total)
+            result.num_updates += 1
+            if math.isfinite(total):
+                optimizer.step()
+            else:  # NaN / Inf in the loss or the gradients: drop this update, keep the weights
+                result.skipped_updates += 1
             optimizer.zero_grad(set_to_none=True)
-            if after_step is not None:
+            fault_point("update")
+            if after_step is not None and math.isfinite(total):
                 after_step()
             if on_minibatch is not None:
                 on_minibatch()
