@@ -244,3 +244,15 @@ def test_sigkill_at_ten_points_then_resume_equals_an_uninterrupted_run(tmp_path)
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert [strip(x) for x in rows(run)] == [strip(x) for x in rows(ref)]
+
+
+def test_nothing_unpickles():
+    """Security: no torch.load, pickle or unsafe YAML loader anywhere in the package."""
+    src = Path(__file__).resolve().parents[1] / "src" / "grpo_guard"
+    offenders = []
+    for f in src.rglob("*.py"):
+        code = f.read_text()
+        for needle in ("torch.load(", "import pickle", "pickle.load", "yaml.load(", "yaml.unsafe_load", "dill"):
+            if needle in code:
+                offenders.append(f"{f.name}: {needle}")
+    assert not offenders

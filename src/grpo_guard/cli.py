@@ -191,12 +191,13 @@ def _cmd_study(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from .train.checkpoint import CheckpointError
     from .train.standalone import evaluate_checkpoint
 
     try:
         result = evaluate_checkpoint(Path(args.checkpoint), samples_per_prompt=args.samples_per_prompt,
                                      use_ema=not args.no_ema)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, CheckpointError) as e:
         raise UsageError(str(e)) from None
     text = json.dumps(result, indent=1)
     print(text)

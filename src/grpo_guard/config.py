@@ -355,6 +355,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
                     raise ConfigError(f"--set {item!r}: {'.'.join(parts[:i + 1])} is not a valid list index")
                 node = node[int(part)]
                 continue
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {'.'.join(parts[:i])} is a value, not a section")
             nxt = node.get(part)
             if nxt is None:
                 nxt = {}
@@ -363,6 +365,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             node[part] = nxt
             node = nxt
         last = parts[-1]
+        if not isinstance(node, (dict, list)):
+            raise ConfigError(f"--set {item!r}: {'.'.join(parts[:-1])} is a value, not a section")
         if isinstance(node, list):
             if not last.isdigit() or int(last) >= len(node):
                 raise ConfigError(f"--set {item!r}: {last} is not a valid list index")
