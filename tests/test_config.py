@@ -82,7 +82,13 @@ def test_builtin_configs_load():
     for required in ("flow_grpo", "flow_grpo_kl", "grpo_guard", "mean_revised", "ratio_norm", "temp_reweight"):
         assert required in names
     for name in names:
-        load_config(name)
+        if name.startswith(("sd35m_", "flux_")):  # the GPU configs need the user's prompt file
+            with pytest.raises(ConfigError, match="prompts.path"):
+                load_config(name)
+            cfg = load_config(name, [f"prompts.path={__file__}"])
+            assert cfg.backbone.name in ("sd3", "flux") and cfg.train.mixed_precision == "bf16"
+        else:
+            load_config(name)
 
 
 def test_apply_overrides_does_not_mutate():

@@ -121,3 +121,12 @@ class NanTrainBackbone(TinyBackbone):
 
 def make_nan_backbone(params, ctx):
     return NanTrainBackbone(**params)
+
+
+def make_brightness_reward(params, ctx):
+    """Mean brightness of (B, C, H, W) images in [0, 1]: a trivial reward for any backbone."""
+
+    def reward(images, prompts, metadata=None):
+        return images.float().mean(dim=(1, 2, 3))
+
+    return reward

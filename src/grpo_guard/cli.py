@@ -190,6 +190,19 @@ def _cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .train.checkpoint import CheckpointError
+    from .train.standalone import export_run
+
+    try:
+        written = export_run(Path(args.run_dir), Path(args.out), merge=args.merge,
+                             checkpoint=Path(args.checkpoint) if args.checkpoint else None, use_ema=not args.no_ema)
+    except (FileNotFoundError, ValueError, CheckpointError) as e:
+        raise UsageError(str(e)) from None
+    print(f"exported to {args.out}: " + ", ".join(p.name for p in written))
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .train.checkpoint import CheckpointError
     from .train.standalone import evaluate_checkpoint
@@ -286,6 +299,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value in every run")
     p.set_defaults(func=_cmd_study)
+
+    p = sub.add_parser("export", help="export a run's LoRA (or merged weights) for diffusers",
+                       description="Writes the trained LoRA of an sd3 / flux run in the layout that "
+                                   "StableDiffusion3Pipeline / FluxPipeline .load_lora_weights(OUT) loads "
+                                   "(pytorch_lora_weights.safetensors); --merge also writes OUT/merged, the whole "
+                                   "pipeline with the LoRA fused (from_pretrained(OUT/merged)).")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--out", required=True, help="a new (or empty) output directory")
+    p.add_argument("--merge", action="store_true", help="also write the full pipeline with the LoRA merged")
+    p.add_argument("--checkpoint", default=None, help="a checkpoint directory (default: the newest valid one; "
+                                                      "RUN/best for the best-gold weights)")
+    p.add_argument("--no-ema", action="store_true", help="export the raw weights even when EMA weights exist")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on the run's fixed evaluation set",
                        description="Loads RUN/checkpoints/epoch_N (or RUN/best) with its run's config, samples the "

@@ -12,6 +12,8 @@ from .base import Backbone, Conditioning
 BACKBONES: dict[str, str] = {
     "toy": "grpo_guard.backbones.toy:make_toy_backbone",
     "spectral": "grpo_guard.backbones.spectral:make_spectral_backbone",
+    "sd3": "grpo_guard.backbones.sd3:make_sd3_backbone",
+    "flux": "grpo_guard.backbones.flux:make_flux_backbone",
 }
 
 

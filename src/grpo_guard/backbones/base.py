@@ -89,6 +89,14 @@ class Backbone(nn.Module):
         """
         raise NotImplementedError
 
+    # -- the schedule -------------------------------------------------------------------------
+    def sigmas(self, num_steps: int, shift: float) -> Tensor:
+        """The (num_steps + 1,) sigma grid from 1 to 0 that sampling and training use: the static-shift
+        grid by default (SD3); Flux overrides it with its resolution-dependent shift."""
+        from ..core import flow_sigmas
+
+        return flow_sigmas(num_steps, shift)
+
     # -- images --------------------------------------------------------------------------------
     def decode(self, latents: Tensor) -> Tensor:
         """Final latents (B, *latent_shape) -> images (B, C, H, W) float32 in [0, 1] (no gradient)."""

@@ -11,6 +11,7 @@ REWARDS: dict[str, str] = {
     "spectral_proxy": "grpo_guard.rewards.spectral:make_spectral_proxy",
     "spectral_attribute": "grpo_guard.rewards.spectral:make_spectral_attribute",
     "spectral_exploit": "grpo_guard.rewards.spectral:make_spectral_exploit",
+    "remote": "grpo_guard.rewards.remote:make_remote_reward",
 }
 
 #: evaluator name -> "module:constructor"; constructor(params: dict, ctx: RewardContext) -> Evaluator

@@ -15,7 +15,6 @@ import torch
 from torch import Tensor
 
 from ..config import RunConfig
-from ..core import flow_sigmas
 from ..rewards import weighted_sum
 from .rollout import per_sample_noise, rollout
 
@@ -33,7 +32,7 @@ def evaluate_policy(backbone, cfg: RunConfig, all_prompts: list[str], rewards: d
     world = accelerator.num_processes if accelerator is not None else 1
     eval_prompts = [p for p in all_prompts for _ in range(cfg.eval.samples_per_prompt)]
     local = list(range(rank, len(eval_prompts), world))
-    sigmas = flow_sigmas(s.num_steps, s.shift)
+    sigmas = backbone.sigmas(s.num_steps, s.shift)
     sde_steps = list(range(*s.sde_window)) if s.sde_window else list(range(s.num_steps))
     cond = backbone.encode_prompts([eval_prompts[i] for i in local])
     noise = per_sample_noise(cfg.seed, "eval", 0, local, s.num_steps + 1, backbone.latent_shape)

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ..backbones import BackboneContext, build_backbone
 from ..config import RunConfig, dump_config
-from ..core import flow_sigmas, group_advantages, per_step_ratio_stats, spread
+from ..core import group_advantages, per_step_ratio_stats, spread
 from ..prompts import draw_epoch_prompts, load_prompts
 from ..rewards import RewardContext, build_evaluator, build_reward, weighted_sum
 from ..seeding import derive_generator
@@ -181,7 +181,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, accelerator, rank: int, worl
     proxy_weights = {r.name: r.weight for r in cfg.rewards if r.role == "proxy"}
     evaluator = build_evaluator(cfg.eval.evaluator, cfg.eval.evaluator_params, rctx) if cfg.eval.evaluator else None
     all_prompts = load_prompts(cfg.prompts.source, cfg.prompts.path, cfg.prompts.attributes)
-    sigmas = flow_sigmas(s.num_steps, s.shift)
+    sigmas = backbone.sigmas(s.num_steps, s.shift)
     trained_steps = cfg.trained_step_indices()
     sde_steps = list(range(*s.sde_window)) if s.sde_window else list(range(s.num_steps))
     params = backbone.trainable_parameters()

@@ -1,8 +1,10 @@
-"""Use a finished run outside the training loop: rebuild its backbone and evaluate a checkpoint."""
+"""Use a finished run outside the training loop: rebuild its backbone, evaluate or export a checkpoint."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -12,10 +14,10 @@ from ..backbones import BackboneContext, build_backbone
 from ..config import load_config
 from ..prompts import load_prompts
 from ..rewards import RewardContext, build_evaluator, build_reward
-from .checkpoint import verify_checkpoint
+from .checkpoint import latest_checkpoint, verify_checkpoint
 from .evaluate import evaluate_policy, normalise_gold
 
-__all__ = ["run_dir_of", "evaluate_checkpoint"]
+__all__ = ["run_dir_of", "evaluate_checkpoint", "load_checkpoint_backbone", "export_run"]
 
 
 def run_dir_of(checkpoint: Path) -> Path:
@@ -27,13 +29,15 @@ def run_dir_of(checkpoint: Path) -> Path:
     raise FileNotFoundError(f"checkpoint: no config.yaml found above {checkpoint}")
 
 
-def evaluate_checkpoint(checkpoint: Path, *, samples_per_prompt: int | None = None, use_ema: bool = True) -> dict:
+def load_checkpoint_backbone(checkpoint: Path, *, use_ema: bool = True, overrides: list[str] | None = None):
+    """``(cfg, backbone, run_dir)``: the run's backbone with the checkpoint's trainable weights (its EMA
+    weights when present and ``use_ema``), in eval mode. ``checkpoint`` is RUN/checkpoints/epoch_N or RUN/best;
+    a checkpoint with a manifest is verified first."""
     checkpoint = Path(checkpoint)
     if not checkpoint.is_dir():
         raise FileNotFoundError(f"checkpoint: no such directory {checkpoint}")
     run = run_dir_of(checkpoint)
-    overrides = [f"eval.samples_per_prompt={samples_per_prompt}"] if samples_per_prompt else []
-    cfg = load_config(str(run / "config.yaml"), overrides)
+    cfg = load_config(str(run / "config.yaml"), overrides or [])
     if (checkpoint / "manifest.json").is_file():
         verify_checkpoint(checkpoint)
     weights = checkpoint / "trainable.safetensors"
@@ -50,6 +54,14 @@ def evaluate_checkpoint(checkpoint: Path, *, samples_per_prompt: int | None = No
         names = list(backbone.trainable_state_dict())
         state = {names[int(k)]: v for k, v in state.items()}
     backbone.load_trainable_state_dict(state)
+    return cfg, backbone, run
+
+
+def evaluate_checkpoint(checkpoint: Path, *, samples_per_prompt: int | None = None, use_ema: bool = True) -> dict:
+    overrides = [f"eval.samples_per_prompt={samples_per_prompt}"] if samples_per_prompt else []
+    cfg, backbone, run = load_checkpoint_backbone(checkpoint, use_ema=use_ema, overrides=overrides)
+    device = next(iter(backbone.parameters())).device
+    cache = Path(cfg.cache_dir).expanduser()
     rctx = RewardContext(cache, device, cfg.seed, getattr(backbone, "image_size", None))
     rewards = {spec.name: build_reward(spec.name, spec.params, rctx) for spec in cfg.rewards}
     evaluator = build_evaluator(cfg.eval.evaluator, cfg.eval.evaluator_params, rctx) if cfg.eval.evaluator else None
@@ -62,3 +74,35 @@ def evaluate_checkpoint(checkpoint: Path, *, samples_per_prompt: int | None = No
     res.update(normalise_gold(res, base, evaluator))
     res["checkpoint"] = str(checkpoint)
     return res
+
+
+def export_run(run_dir: Path, out: Path, *, checkpoint: Path | None = None, merge: bool = False,
+               use_ema: bool = True) -> list[Path]:
+    """Export a run's trained weights for diffusers (see the backbone's ``export``): the newest valid
+    checkpoint unless ``checkpoint`` is given (e.g. RUN/best). Written to a temporary directory and renamed
+    into ``out`` (which must not exist or be empty), so a failed export leaves nothing half-written."""
+    run_dir, out = Path(run_dir), Path(out)
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"RUN_DIR: {run_dir} holds no run (no config.yaml)")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"--out: {out} exists and is not an empty directory")
+    if checkpoint is None:
+        checkpoint = latest_checkpoint(run_dir, log=lambda *_: None)
+        if checkpoint is None:
+            raise FileNotFoundError(f"RUN_DIR: {run_dir} has no valid checkpoint")
+    cfg, backbone, _ = load_checkpoint_backbone(Path(checkpoint), use_ema=use_ema)
+    if not hasattr(backbone, "export"):
+        raise ValueError(f"export: the {cfg.backbone.name!r} backbone has no diffusers export (sd3 and flux have)")
+    tmp = out.with_name(f".{out.name}.export-tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        backbone.export(tmp, merge=merge)
+        (tmp / "export_info.json").write_text(json.dumps({"run": str(run_dir), "checkpoint": str(checkpoint),
+                                                          "backbone": cfg.backbone.name, "merged": merge}, indent=1))
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return sorted(p for p in out.iterdir())
