@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -172,3 +173,26 @@ def test_step_batched_forward_equals_one_step_per_call(tmp_path, cache, extra):
             assert abs(b["loss"] - a["loss"]) < scale * 10, (bound, "loss")
             for key in ("ratio_std", "clip_high_pos", "bias_mean"):
                 assert b["step_stats"][key] == pytest.approx(a["step_stats"][key], rel=1e-4, abs=1e-7, nan_ok=True)
+
+
+def test_gold_rewards_alone_feed_the_monitor(tmp_path, cache, monkeypatch):
+    """Without a set-level evaluator (real SD3 / Flux runs), the gold-role rewards are normalised to the
+    base model and averaged, so the over-optimization monitor still has a gold signal."""
+    from grpo_guard.train.evaluate import normalise_gold
+
+    base = {"eval/a_mean": 2.0, "eval/b_mean": -1.0}
+    out = normalise_gold({"eval/a_mean": 1.0, "eval/b_mean": -3.0}, base, None, ("a", "b"))
+    assert out == {"gold_norm/a": 0.5, "gold_normalized_avg": 0.5}  # b has a negative base: left out
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    cfg = tiny_cfg(cache, "rewards=[{name: ink}, {name: 'tiny_backbone:make_brightness_reward', role: gold}]",
+                   "eval.every=1")
+    run = tmp_path / "run"
+    train(cfg, run, log=lambda *_: None)
+    r = rows(run)
+    base_eval = json.loads((run / "base_eval.json").read_text())
+    assert base_eval["gold_normalized_avg"] == 1.0
+    for row in r:
+        assert row["gold_normalized_avg"] == pytest.approx(
+            row["eval/tiny_backbone:make_brightness_reward_mean"]
+            / base_eval["eval/tiny_backbone:make_brightness_reward_mean"])
+        assert "monitor/best_gold" in row

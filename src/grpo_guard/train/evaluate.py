@@ -66,23 +66,41 @@ def evaluate_policy(backbone, cfg: RunConfig, all_prompts: list[str], rewards: d
     return res, images
 
 
-def normalise_gold(res: dict, base: dict | None, evaluator) -> dict:
-    """Each ``gold/<metric>`` relative to the base model's (value / base, or base / value where lower is
-    better: 1 = base, higher = better), and their average over the evaluator's ``average`` metrics as
-    ``gold_normalized_avg`` (the paper's Table 1 convention)."""
+def normalise_gold(res: dict, base: dict | None, evaluator, gold_rewards: tuple[str, ...] = ()) -> dict:
+    """Each gold metric relative to the base model's (1 = base, higher = better), and their average
+    ``gold_normalized_avg`` (the paper's Table 1 convention):
+
+    * the evaluator's set-level ``gold/<metric>``: value / base, or base / value where lower is better;
+    * every gold-role reward ``eval/<name>_mean`` (``gold_rewards``), assumed higher-is-better, as
+      ``gold_norm/<name>`` = value / base where the base value is positive (a reward whose base is not,
+      e.g. a negative JPEG size, is left out).
+
+    The average is over the evaluator's ``average`` metrics when there is an evaluator, else over the
+    normalised gold rewards, so that a run with gold rewards only (SD3 / Flux with PickScore as gold)
+    also gets an over-optimization monitor."""
     out: dict = {}
-    if evaluator is None or not base:
+    if not base:
         return out
-    avg_keys = getattr(evaluator, "average", tuple(evaluator.higher_is_better))
     vals = []
-    for k, higher in evaluator.higher_is_better.items():
-        b, v = base.get(f"gold/{k}"), res.get(f"gold/{k}")
+    if evaluator is not None:
+        avg_keys = getattr(evaluator, "average", tuple(evaluator.higher_is_better))
+        for k, higher in evaluator.higher_is_better.items():
+            b, v = base.get(f"gold/{k}"), res.get(f"gold/{k}")
+            if b is None or v is None or not (b > 0 and math.isfinite(b)):
+                continue
+            n = v / b if higher else (b / v if v > 0 else float("inf"))
+            out[f"gold_norm/{k}"] = n
+            if k in avg_keys:
+                vals.append(n)
+    reward_vals = []
+    for name in gold_rewards:
+        b, v = base.get(f"eval/{name}_mean"), res.get(f"eval/{name}_mean")
         if b is None or v is None or not (b > 0 and math.isfinite(b)):
             continue
-        n = v / b if higher else (b / v if v > 0 else float("inf"))
-        out[f"gold_norm/{k}"] = n
-        if k in avg_keys:
-            vals.append(n)
+        out[f"gold_norm/{name}"] = v / b
+        reward_vals.append(v / b)
+    if evaluator is None:
+        vals = reward_vals
     if vals:
         out["gold_normalized_avg"] = sum(vals) / len(vals)
     return out

@@ -144,7 +144,7 @@ def train(cfg: RunConfig, output_dir: str | Path, *, resume: bool = False, log=p
 def _remove_unstarted_run(out: Path, created: bool) -> None:
     import shutil
 
-    for name in ("config.yaml", "images", "checkpoints", "best"):
+    for name in ("config.yaml", "base_eval.json", "images", "checkpoints", "best"):
         p = out / name
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
@@ -179,6 +179,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, accelerator, rank: int, worl
     rctx = RewardContext(cache_dir, device, cfg.seed, image_size, verbose=is_main and cfg.log.progress)
     rewards = {spec.name: build_reward(spec.name, spec.params, rctx) for spec in cfg.rewards}
     proxy_weights = {r.name: r.weight for r in cfg.rewards if r.role == "proxy"}
+    gold_rewards = tuple(r.name for r in cfg.rewards if r.role == "gold")
     evaluator = build_evaluator(cfg.eval.evaluator, cfg.eval.evaluator_params, rctx) if cfg.eval.evaluator else None
     all_prompts = load_prompts(cfg.prompts.source, cfg.prompts.path, cfg.prompts.attributes)
     sigmas = backbone.sigmas(s.num_steps, s.shift)
@@ -228,10 +229,11 @@ def _train(cfg: RunConfig, out: Path, resume: bool, accelerator, rank: int, worl
     if cfg.eval.every and state.base_gold is None:
         t_eval = time.perf_counter()
         base, _ = evaluate()
-        state.base_gold = {k: v for k, v in base.items() if k.startswith("gold/")}
+        state.base_gold = {k: v for k, v in base.items()
+                           if k.startswith("gold/") or k in {f"eval/{n}_mean" for n in gold_rewards}}
         state.base_proxy = base["eval/proxy_reward_mean"]
         if is_main:  # the base model's evaluation: the common start of every run with this seed
-            base_row = {**base, **normalise_gold(base, state.base_gold, evaluator)}
+            base_row = {**base, **normalise_gold(base, state.base_gold, evaluator, gold_rewards)}
             atomic_write_text(out / "base_eval.json", json.dumps(to_jsonable(base_row), indent=1))
             gold = ", ".join(f"{k[5:]} {v:.4g}" for k, v in state.base_gold.items())
             log(f"base model: eval proxy {state.base_proxy:.4f}" + (f", gold {gold}" if gold else "")
@@ -381,7 +383,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, accelerator, rank: int, worl
             res, eval_images = evaluate()
             fault_point("eval")
             row.update(res)
-            row.update(normalise_gold(res, state.base_gold, evaluator))
+            row.update(normalise_gold(res, state.base_gold, evaluator, gold_rewards))
             eval_s = time.perf_counter() - t0
             if is_main and cfg.log.image_every and (epoch + 1 - last_grid >= cfg.log.image_every or epoch + 1 == t.epochs):
                 last_grid = epoch + 1

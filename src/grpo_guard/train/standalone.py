@@ -71,7 +71,7 @@ def evaluate_checkpoint(checkpoint: Path, *, samples_per_prompt: int | None = No
     ckpts = sorted((run / "checkpoints").glob("epoch_*/state.json"))
     if ckpts:
         base = json.loads(ckpts[-1].read_text()).get("base_gold")
-    res.update(normalise_gold(res, base, evaluator))
+    res.update(normalise_gold(res, base, evaluator, tuple(r.name for r in cfg.rewards if r.role == "gold")))
     res["checkpoint"] = str(checkpoint)
     return res
 
