@@ -153,15 +153,18 @@ def test_bf16_autocast_keeps_float32_log_probs_and_ratio_one(tmp_path, cache):
 
 @pytest.mark.parametrize("extra", [[], ["loss.ratio_mode=ratio_norm", "loss.step_weight=inv_dt", "loss.kl_coef=0.1"]])
 def test_step_batched_forward_equals_one_step_per_call(tmp_path, cache, extra):
-    """Several trained steps per network call (train.max_forward_rows) give the same run as one step
-    per call: same losses, ratio statistics and weights, to float tolerance."""
+    """Any grouping of the training forward (train.max_forward_rows: several steps per call, or a slice
+    of the minibatch per call) gives the same run as one step per call: same losses, ratio statistics
+    and weights, to float tolerance."""
     runs = {}
-    for rows_bound in (0, 10_000, 40):  # one step per call, all 9 steps in one call, 2 steps per call
+    # one step per call; all 9 steps in one call; 2 steps per call; 3 samples of one step per call (16
+    # rows per step: 8 samples x 2 CFG copies)
+    for rows_bound in (0, 10_000, 40, 6):
         cfg = tiny_cfg(cache, *extra, f"train.max_forward_rows={rows_bound}", "train.epochs=3")
         runs[rows_bound] = tmp_path / f"r{rows_bound}"
         train(cfg, runs[rows_bound], log=lambda *_: None)
     ref = rows(runs[0])
-    for bound in (10_000, 40):
+    for bound in (10_000, 40, 6):
         got = rows(runs[bound])
         assert len(got) == len(ref)
         for a, b in zip(ref, got):
@@ -196,3 +199,17 @@ def test_gold_rewards_alone_feed_the_monitor(tmp_path, cache, monkeypatch):
             row["eval/tiny_backbone:make_brightness_reward_mean"]
             / base_eval["eval/tiny_backbone:make_brightness_reward_mean"])
         assert "monitor/best_gold" in row
+
+
+def test_forward_chunks_cover_every_entry_once_within_the_bound():
+    import torch
+
+    from grpo_guard.train.update import forward_chunks
+
+    idx = torch.arange(10, 17)  # 7 samples
+    for bound, cfg in ((0, 2), (1000, 2), (30, 2), (14, 2), (5, 2), (1, 1), (3, 1)):
+        chunks = forward_chunks(idx, 9, cfg, bound)
+        seen = sorted((int(i), j) for sub, js in chunks for j in js for i in sub)
+        assert seen == sorted((int(i), j) for i in idx for j in range(9)), (bound, cfg)
+        if bound:
+            assert all(len(js) * sub.numel() * cfg <= max(bound, cfg) for sub, js in chunks), (bound, cfg)

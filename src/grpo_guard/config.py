@@ -86,8 +86,9 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     updates_per_epoch: int = 2  # optimizer updates per rollout batch (one per minibatch)
     inner_epochs: int = 1  # passes over the rollout batch
-    # memory bound of the training forward: several trained steps go through the network in one call
-    # while (samples x steps x CFG copies) stays within this many rows; 0 = one step per call
+    # memory bound of the training forward: at most this many rows (samples x steps x CFG copies) per
+    # network call; several steps go together when the minibatch is small, a large minibatch is split
+    # into slices of samples; 0 = one step of the whole minibatch per call
     max_forward_rows: int = 0
     timestep_fraction: float = 0.99  # train the first int(K * fraction) steps (of the SDE window)
     adv_std: str = "group"

@@ -31,7 +31,8 @@ from ..core import grad_norm, policy_loss, sde_step
 from .faults import fault_point
 from .rollout import Trajectory
 
-__all__ = ["PreflightError", "UpdateSettings", "UpdateResult", "update_policy", "measure_step_grad_norms"]
+__all__ = ["PreflightError", "UpdateSettings", "UpdateResult", "update_policy", "measure_step_grad_norms",
+           "forward_chunks", "step_chunks"]
 
 PREFLIGHT_HELP = (
     "the on-policy importance ratio is not 1 before the first update (max |log r| = {value:.3g} > "
@@ -104,6 +105,18 @@ def step_chunks(num_steps: int, rows_per_step: int, max_rows: int) -> list[list[
     steps per call as fit ``max_rows`` rows (at least one); ``max_rows`` 0 = one step per call."""
     per = 1 if max_rows <= 0 else max(1, max_rows // max(rows_per_step, 1))
     return [list(range(a, min(a + per, num_steps))) for a in range(0, num_steps, per)]
+
+
+def forward_chunks(idx: Tensor, num_steps: int, rows_per_sample: int, max_rows: int) -> list[tuple[Tensor, list[int]]]:
+    """The training forward calls of one minibatch: ``(samples, steps)`` pairs covering every (sample,
+    step) entry once. With ``max_rows`` > 0 a call holds at most ``max_rows`` rows (``rows_per_sample``
+    rows per sample and step, 2 with CFG): several steps of the whole minibatch when they fit, else one
+    step of a slice of the samples. ``max_rows`` 0: one step of the whole minibatch per call."""
+    n = idx.numel()
+    if max_rows <= 0 or n * rows_per_sample <= max_rows:
+        return [(idx, js) for js in step_chunks(num_steps, n * rows_per_sample, max_rows)]
+    per = max(1, max_rows // rows_per_sample)
+    return [(idx[a:a + per], [j]) for j in range(num_steps) for a in range(0, n, per)]
 
 
 def _entry_loss(
@@ -187,26 +200,27 @@ def update_policy(
         for m, idx in enumerate(minibatch_positions(local_orders[inner], s.updates_per_epoch)):
             off_policy = not first
             n = idx.numel()
-            # official_compat's ratio terms are batch means that assume one step per call
-            chunks = step_chunks(t_count, n * cfg_copies, 0 if s.loss.official_compat else s.max_forward_rows)
-            for ci, js in enumerate(chunks):
+            # official_compat's ratio terms are batch means that assume one step of the minibatch per call
+            chunks = forward_chunks(idx, t_count, cfg_copies, 0 if s.loss.official_compat else s.max_forward_rows)
+            for ci, (sub, js) in enumerate(chunks):
                 sync = nullcontext() if ci == len(chunks) - 1 else accelerator.no_sync(model)
+                weight = len(js) * sub.numel()  # (sample, step) entries in this call
                 with sync:
                     with accelerator.autocast():
-                        loss, st = _entry_loss(velocity_fn, traj, idx, js, cond, advantages, s, reference_fn)
+                        loss, st = _entry_loss(velocity_fn, traj, sub, js, cond, advantages, s, reference_fn)
                     if first and s.preflight_tol is not None:
                         val, cur = float(st["log_ratio"].abs().max()), result.preflight_max_abs_log_ratio
                         # NaN must survive the max (Python's max would drop it)
                         result.preflight_max_abs_log_ratio = (val if cur is None or math.isnan(val) or val > cur
                                                               else cur)
-                    accelerator.backward(loss * (len(js) / t_count))
+                    accelerator.backward(loss * (weight / (t_count * n)))
                 for key in ("loss", "policy_loss", "kl", "clip_frac", "clip_frac_high", "clip_frac_low",
                             "approx_kl", "ratio_mean", "raw_ratio_mean"):
-                    sums[key] += float(st[key]) * len(js)
-                count += len(js)
+                    sums[key] += float(st[key]) * weight
+                count += weight
                 if off_policy:
-                    entries["step"].append(traj.step_indices[js].to(torch.long).cpu().repeat_interleave(n))
-                    entries["advantage"].append(advantages[idx].detach().float().cpu().repeat(len(js)))
+                    entries["step"].append(traj.step_indices[js].to(torch.long).cpu().repeat_interleave(sub.numel()))
+                    entries["advantage"].append(advantages[sub].detach().float().cpu().repeat(len(js)))
                     for key in ("log_ratio", "log_ratio_used", "bias"):
                         entries[key].append(st[key].float().cpu())
             if first and s.preflight_tol is not None:
