@@ -113,6 +113,10 @@ CASES: list[tuple[str, list[str], str]] = [
     ("unknown study arm", ["study", "--preset", "tiny", "--out", OUT, "--arms", "ppo"], "ppo"),
     ("study seeds that are not integers", ["study", "--preset", "tiny", "--out", OUT, "--seeds", "a,b"], "--seeds"),
     ("mechanism with zero dimensions", ["mechanism", "--dims", "0"], "dims"),
+    ("reward server on a public address without a token", ["serve-reward", "ink", "--host", "0.0.0.0"], "token"),
+    ("reward server for an unknown reward", ["serve-reward", "pickscor"], "pickscor"),
+    ("export of a run without a checkpoint", ["export", "<held_run>", "--out", OUT], "no valid checkpoint"),
+    ("bench with one epoch", ["bench", "--out", OUT, "--epochs", "1"], "--epochs"),
 ]
 
 

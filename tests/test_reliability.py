@@ -19,6 +19,7 @@ from grpo_guard.train import checkpoint as ckpt_mod
 from grpo_guard.train.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, verify_checkpoint
 from grpo_guard.train.loop import OutputWriteError, RunDirError, TrainingStopped, train
 from grpo_guard.train.runlog import MetricsLog
+from tiny_backbone import rows
 
 TESTS = Path(__file__).resolve().parent
 TIMING = ("seconds", "preflight")  # a resumed process re-runs the preflight
@@ -30,10 +31,6 @@ BASE = ["backbone.name=tiny_backbone:make_tiny_backbone", "backbone.params={}", 
 
 def cfg_for(cache, *extra):
     return load_config("flow_grpo", [*BASE, f"cache_dir={cache}", *extra])
-
-
-def rows(run):
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def strip(row):
@@ -161,6 +158,30 @@ def test_persistent_nan_stops_cleanly_with_the_last_good_state(tmp_path):
     good = load_file(run / "checkpoints" / "epoch_000001" / "trainable.safetensors")
     last = load_file(run / "checkpoints" / "epoch_000002" / "trainable.safetensors")
     assert all(torch.equal(good[k], last[k]) for k in good)  # the skipped updates changed nothing
+
+
+# ---- a reward that fails during evaluation --------------------------------------------------------------
+
+def test_a_failing_evaluation_is_skipped_and_training_goes_on(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(TESTS))
+    # the evaluation set is 10 digit prompts x 2 samples = 20 images; training batches are 16
+    cfg = cfg_for(tmp_path / "c", "train.epochs=4", "eval.every=2",
+                  "rewards=[{name: ink}, {name: 'tiny_backbone:make_fails_on_size_reward', role: gold, "
+                  "params: {size: 20}}]")
+    msgs = []
+    with pytest.raises(TrainingStopped, match="base model's evaluation failed.*unreachable"):
+        train(cfg, tmp_path / "run", log=msgs.append)
+    assert not (tmp_path / "run").exists()  # failed before its first epoch: nothing left
+    # the base evaluation works, a later one fails: skipped with a message, the run finishes
+    cfg = cfg_for(tmp_path / "c", "train.epochs=4", "eval.every=2",
+                  "rewards=[{name: ink}, {name: 'tiny_backbone:make_fails_on_size_reward', role: gold, "
+                  "params: {size: 20, skip_first: 1}}]")
+    msgs.clear()
+    train(cfg, tmp_path / "run2", log=msgs.append)
+    r = rows(tmp_path / "run2")
+    assert [x["epoch"] for x in r] == [0, 1, 2, 3]
+    assert "unreachable" in r[1]["eval_error"] and "unreachable" in r[3]["eval_error"]
+    assert "eval/proxy_reward_mean" not in r[1] and sum("evaluation skipped" in m for m in msgs) == 2
 
 
 # ---- two runs, one directory --------------------------------------------------------------------------

@@ -130,3 +130,38 @@ def make_brightness_reward(params, ctx):
         return images.float().mean(dim=(1, 2, 3))
 
     return reward
+
+
+def make_fails_on_size_reward(params, ctx):
+    """Brightness, but raises ConnectionError for batches of exactly ``size`` images (e.g. the evaluation
+    set) after letting the first ``skip_first`` of them through: a stand-in for a reward server that
+    goes down."""
+    size, skip = int(params.get("size", 20)), int(params.get("skip_first", 0))
+    seen = {"n": 0}
+
+    def reward(images, prompts, metadata=None):
+        if images.shape[0] == size:
+            seen["n"] += 1
+            if seen["n"] > skip:
+                raise ConnectionError("reward server unreachable")
+        return images.float().mean(dim=(1, 2, 3))
+
+    return reward
+
+
+def tiny_cfg(cache, *extra):
+    """The tiny training run of the tests: this backbone, the ``ink`` reward on 8 px grey images."""
+    from grpo_guard.config import load_config
+
+    return load_config(None, [
+        "backbone.name=tiny_backbone:make_tiny_backbone", "rewards=[{name: ink}]", f"cache_dir={cache}",
+        "eval.evaluator=null", "eval.samples_per_prompt=2", "sample.prompts_per_epoch=4", "sample.group_size=4",
+        "sample.guidance_scale=2.0", "train.epochs=3", "log.progress=false", "log.checkpoint_every=1",
+        "log.image_every=0", *extra])
+
+
+def rows(run):
+    """The rows of ``run/metrics.jsonl``."""
+    import json
+
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -203,6 +203,18 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import format_table, run_bench
+
+    if args.epochs < 2:
+        raise UsageError(f"--epochs: need at least 2 (the first is warm-up), got {args.epochs}")
+    res = run_bench(Path(args.out), epochs=args.epochs, quick=args.quick,
+                    log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    print(format_table(res))
+    print(f"wrote {Path(args.out) / 'bench.json'}")
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .train.checkpoint import CheckpointError
     from .train.standalone import evaluate_checkpoint
@@ -312,6 +324,20 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "RUN/best for the best-gold weights)")
     p.add_argument("--no-ema", action="store_true", help="export the raw weights even when EMA weights exist")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("bench", help="speed and memory: epoch time vs the model's own compute and a reference loop",
+                       description="Runs the benchmark settings (toy worlds, tiny SD3 at 64 and 128 px) in "
+                                   "subprocesses and prints epoch time, throughput, the floor (the network calls "
+                                   "alone), overhead, a Flow-GRPO-style reference loop, scaling, memory over 200 "
+                                   "epochs and the SDE window; writes OUT/bench.json. Run it alone on the machine.")
+    p.add_argument("--out", default="runs/bench", help="output directory (default runs/bench)")
+    p.add_argument("--epochs", type=int, default=4, help="epochs per measurement (default 4; the first is warm-up)")
+    p.add_argument("--quick", action="store_true", help="one small setting only (a smoke test)")
+    p.set_defaults(func=_cmd_bench)
+
+    from .rewards.server import add_serve_reward_parser
+
+    add_serve_reward_parser(sub)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on the run's fixed evaluation set",
                        description="Loads RUN/checkpoints/epoch_N (or RUN/best) with its run's config, samples the "

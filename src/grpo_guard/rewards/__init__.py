@@ -12,6 +12,14 @@ REWARDS: dict[str, str] = {
     "spectral_attribute": "grpo_guard.rewards.spectral:make_spectral_attribute",
     "spectral_exploit": "grpo_guard.rewards.spectral:make_spectral_exploit",
     "remote": "grpo_guard.rewards.remote:make_remote_reward",
+    "pickscore": "grpo_guard.rewards.clip_rewards:make_pickscore",
+    "clip_score": "grpo_guard.rewards.clip_rewards:make_clip_score",
+    "aesthetic": "grpo_guard.rewards.clip_rewards:make_aesthetic",
+    "jpeg_compressibility": "grpo_guard.rewards.jpeg:make_jpeg_compressibility",
+    "jpeg_incompressibility": "grpo_guard.rewards.jpeg:make_jpeg_incompressibility",
+    "imagereward": "grpo_guard.rewards.optional:make_imagereward",
+    "hpsv2": "grpo_guard.rewards.optional:make_hpsv2",
+    "ocr": "grpo_guard.rewards.optional:make_ocr",
 }
 
 #: evaluator name -> "module:constructor"; constructor(params: dict, ctx: RewardContext) -> Evaluator

@@ -246,6 +246,14 @@ class ClipReward:
         return torch.cat(out) if out else torch.zeros(0)
 
 
+def _dtype_kwarg() -> str:
+    """``from_pretrained``'s dtype argument: ``dtype`` from transformers 4.56 on, ``torch_dtype`` before."""
+    import transformers
+
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+
+
 def _build_embedder(p: Params, ctx: RewardContext, default_model: str, default_processor: str | None,
                     need_tokenizer: bool) -> Callable[[], ClipEmbedder]:
     """Read the shared params; return the loader, called only once every param was checked (so that a
@@ -264,7 +272,7 @@ def _build_embedder(p: Params, ctx: RewardContext, default_model: str, default_p
     cache_dir = p.get("cache_dir", None)
     return lambda: ClipEmbedder(
         load_pretrained(CLIPModel.from_pretrained, model_ref, reward=p.reward, key="model", cache_dir=cache_dir,
-                        dtype=dtype),
+                        **{_dtype_kwarg(): dtype}),
         load_pretrained(AutoTokenizer.from_pretrained, processor_ref, reward=p.reward, key="processor",
                         cache_dir=cache_dir) if need_tokenizer else None,
         device, dtype, image_size, mean, std)

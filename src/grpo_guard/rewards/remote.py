@@ -137,7 +137,7 @@ class RemoteReward:
         data = []
         for img in arr:
             u8 = np.round(img * 255.0).astype(np.uint8)
-            im = Image.fromarray(u8[0], mode="L") if c == 1 else Image.fromarray(u8.transpose(1, 2, 0), mode="RGB")
+            im = Image.fromarray(u8[0] if c == 1 else np.ascontiguousarray(u8.transpose(1, 2, 0)))  # L or RGB
             buf = io.BytesIO()
             im.save(buf, format="PNG", compress_level=1)
             data.append(base64.b64encode(buf.getvalue()).decode("ascii"))
@@ -187,7 +187,9 @@ class RemoteReward:
             reason = e.reason
             if isinstance(reason, (socket.timeout, TimeoutError)):
                 raise _Attempt(f"timed out after {self.timeout:g} s", retry=True) from None
-            raise _Attempt(f"cannot connect ({_describe(reason)})", retry=True) from None
+            if isinstance(reason, (ConnectionRefusedError, socket.gaierror)) or not isinstance(reason, OSError):
+                raise _Attempt(f"cannot connect ({_describe(reason)})", retry=True) from None
+            raise _Attempt(f"connection failed ({_describe(reason)})", retry=True) from None
         except (socket.timeout, TimeoutError):
             raise _Attempt(f"timed out after {self.timeout:g} s", retry=True) from None
         except (HTTPException, OSError) as e:  # reset, closed mid-answer, bad status line, ...

@@ -46,6 +46,9 @@ DEFAULT_CACHE_DIR = "~/.cache/grpo-guard"
 MAX_PNG_PIXELS = 4096 * 4096
 #: seconds a connection may stay silent (slow or stalled clients cannot hold a thread forever)
 SOCKET_TIMEOUT = 60.0
+#: after an early error (401, 413, ...) at most this much of the unread body is drained, within this time
+LINGER_BYTES = 256 * 1024 * 1024
+LINGER_SECONDS = 2.0
 _NPY_MAGIC = b"\x93NUMPY"
 _GREY_MODES = {"1": "L", "L": "L", "LA": "L", "I;16": "I;16", "I;16B": "I;16", "I;16L": "I;16"}
 _RGB_MODES = {"RGB": "RGB", "RGBA": "RGB", "P": "RGB", "PA": "RGB"}
@@ -332,23 +335,31 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _error(self, status: int, message: str, *, unread: int = 0, extra: dict | None = None) -> None:
-        """Answer an error; ``unread`` body bytes still on the wire are drained (bounded) so that closing
-        the connection does not reset it before the client has read the answer."""
+        """Answer an error and close the connection. ``unread`` body bytes still on the wire are read and
+        thrown away first (at most LINGER_BYTES within LINGER_SECONDS, never kept): closing a socket with
+        unread data resets it, and the client, still sending, would never see the answer."""
         message = _one_line(self.server.redact(message), 300)
         self.log_message('"%s" %d error: %s', self.requestline, status, message)
         self._send_json(status, {"error": message}, close=True, extra=extra)
-        if 0 < unread <= self.server.max_request_bytes:
-            try:
-                self.wfile.flush()
-                self.connection.settimeout(5.0)
-                left = unread
-                while left > 0:
-                    chunk = self.rfile.read(min(left, 1 << 20))
-                    if not chunk:
-                        break
-                    left -= len(chunk)
-            except OSError:
-                pass
+        if unread > 0:
+            self._discard(min(unread, LINGER_BYTES))
+
+    def _discard(self, nbytes: int) -> None:
+        deadline = time.monotonic() + LINGER_SECONDS
+        try:
+            self.wfile.flush()
+            while nbytes > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.connection.settimeout(left)
+                chunk = self.rfile.read1(min(nbytes, 1 << 20)) if hasattr(self.rfile, "read1") \
+                    else self.rfile.read(min(nbytes, 1 << 16))
+                if not chunk:
+                    break
+                nbytes -= len(chunk)
+        except OSError:
+            pass
 
     def _method_not_allowed(self, allowed: str) -> None:
         self._error(405, f"method {self.command} not allowed on {self._path()}; use {allowed}",
@@ -426,7 +437,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if length > self.server.max_request_bytes:
             self._error(413, f"body of {length} bytes is larger than the server's limit of "
-                             f"{self.server.max_request_bytes} bytes")
+                             f"{self.server.max_request_bytes} bytes", unread=length)
             return
         try:
             body = self.rfile.read(length)

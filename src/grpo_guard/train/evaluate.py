@@ -18,7 +18,11 @@ from ..config import RunConfig
 from ..rewards import weighted_sum
 from .rollout import per_sample_noise, rollout
 
-__all__ = ["evaluate_policy", "normalise_gold"]
+__all__ = ["evaluate_policy", "normalise_gold", "EvaluationRewardError"]
+
+
+class EvaluationRewardError(RuntimeError):
+    """A reward or the evaluator failed on the evaluation images (e.g. a reward server that is down)."""
 
 
 @torch.no_grad()
@@ -55,13 +59,25 @@ def evaluate_policy(backbone, cfg: RunConfig, all_prompts: list[str], rewards: d
     res: dict = {}
     proxy_vals, proxy_w = {}, {}
     for spec in cfg.rewards:
-        v = rewards[spec.name](images, eval_prompts, meta).float()
+        try:
+            v = rewards[spec.name](images, eval_prompts, meta).float()
+        except Exception as e:  # noqa: BLE001 - any reward failure is reported the same way
+            raise EvaluationRewardError(f"reward {spec.name} failed on the evaluation set: "
+                                        f"{type(e).__name__}: {e}") from None
+        if v.shape != (len(eval_prompts),) or not bool(torch.isfinite(v).all()):
+            raise EvaluationRewardError(f"reward {spec.name} returned {tuple(v.shape)} values with NaN/Inf or the "
+                                        f"wrong shape on the evaluation set")
         res[f"eval/{spec.name}_mean"] = float(v.mean())
         if spec.role == "proxy":
             proxy_vals[spec.name], proxy_w[spec.name] = v, spec.weight
     res["eval/proxy_reward_mean"] = float(weighted_sum(proxy_vals, proxy_w).mean())
     if evaluator is not None:
-        for k, v in evaluator(images, eval_prompts).items():
+        try:
+            gold = evaluator(images, eval_prompts)
+        except Exception as e:  # noqa: BLE001
+            raise EvaluationRewardError(f"evaluator {getattr(evaluator, 'name', type(evaluator).__name__)} failed: "
+                                        f"{type(e).__name__}: {e}") from None
+        for k, v in gold.items():
             res[f"gold/{k}"] = float(v)
     return res, images
 

@@ -36,7 +36,7 @@ from ..rewards import RewardContext, build_evaluator, build_reward, weighted_sum
 from ..seeding import derive_generator
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .ema import EMA
-from .evaluate import evaluate_policy, normalise_gold
+from .evaluate import EvaluationRewardError, evaluate_policy, normalise_gold
 from .monitor import OveroptimizationMonitor
 from .rollout import per_sample_noise, rollout
 from .faults import StopRequest, fault_point
@@ -228,7 +228,10 @@ def _train(cfg: RunConfig, out: Path, resume: bool, accelerator, rank: int, worl
 
     if cfg.eval.every and state.base_gold is None:
         t_eval = time.perf_counter()
-        base, _ = evaluate()
+        try:
+            base, _ = evaluate()
+        except EvaluationRewardError as e:
+            raise TrainingStopped(f"the base model's evaluation failed before training ({e})") from None
         state.base_gold = {k: v for k, v in base.items()
                            if k.startswith("gold/") or k in {f"eval/{n}_mean" for n in gold_rewards}}
         state.base_proxy = base["eval/proxy_reward_mean"]
@@ -380,12 +383,19 @@ def _train(cfg: RunConfig, out: Path, resume: bool, accelerator, rank: int, worl
         eval_s = 0.0
         if cfg.eval.every and ((epoch + 1) % cfg.eval.every == 0 or epoch + 1 == t.epochs):
             t0 = time.perf_counter()
-            res, eval_images = evaluate()
+            try:
+                res, eval_images = evaluate()
+            except EvaluationRewardError as e:  # skip this evaluation, keep training (training rewards
+                res, eval_images = None, None   # that fail stop the run through the bad-batch count)
+                row["eval_error"] = str(e)
+                if is_main:
+                    log(f"epoch {epoch}: evaluation skipped ({e})")
             fault_point("eval")
-            row.update(res)
-            row.update(normalise_gold(res, state.base_gold, evaluator, gold_rewards))
+            if res is not None:
+                row.update(res)
+                row.update(normalise_gold(res, state.base_gold, evaluator, gold_rewards))
             eval_s = time.perf_counter() - t0
-            if is_main and cfg.log.image_every and (epoch + 1 - last_grid >= cfg.log.image_every or epoch + 1 == t.epochs):
+            if res is not None and is_main and cfg.log.image_every and (epoch + 1 - last_grid >= cfg.log.image_every or epoch + 1 == t.epochs):
                 last_grid = epoch + 1
                 per = cfg.eval.samples_per_prompt
                 pick = torch.cat([torch.arange(i * per, i * per + min(per, 8)) for i in range(len(all_prompts))])

@@ -1,0 +1,370 @@
+"""``grpo-guard bench``: speed and memory of the training loop against the model's own compute (the
+floor) and against a reference-style loop, plus scaling, memory over many epochs and the SDE window.
+
+Every measurement runs in its own subprocess (a clean peak-RSS figure) and prints one JSON line; the
+parent collects them into ``OUT/bench.json`` and prints a table. Definitions:
+
+* epoch time: ``epoch_seconds`` of real ``train()`` epochs (evaluation, grad-norm probe and image
+  grids off; one checkpoint at the end), mean over the epochs after the first (warm-up);
+* floor: the same number of network calls on the same shapes, timed alone: the rollout's forward calls
+  (no gradient) and the VAE/decoder, plus the update's forward + backward calls with the loop's own
+  grouping of steps and samples per call (``train.max_forward_rows``); overhead = epoch time / floor;
+* reference-style loop: Flow-GRPO's structure, written here on the same functions: the rollout, then
+  per minibatch ONE network call per trained step (the minibatch's CFG rows concatenated, as Flow-GRPO
+  does for SD3), the loss and a backward per step, a reference forward per step when the KL is on, one
+  optimizer step per minibatch; no diagnostics. Its losses equal ours to float tolerance (checked and
+  reported).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["SETTINGS", "run_bench", "format_table"]
+
+_COMMON = ["eval.every=0", "train.grad_norm_every=0", "log.image_every=0", "log.progress=false",
+           "monitor.enabled=false"]
+
+#: name -> (config, overrides); ``{tiny_sd3}`` is replaced by a saved tiny SD3 pipeline directory
+SETTINGS: dict[str, tuple[str, list[str]]] = {
+    "toy-mlp-8px": ("grpo_guard", ["backbone.params={net: mlp, resolution: 8, layout: pixels, pretrain_steps: 300}",
+                                   "sample.prompts_per_epoch=8", "sample.group_size=8"]),
+    "toy-sd3-32px": ("grpo_guard", ["backbone.params={net: sd3, resolution: 32, layout: latent16, pretrain_steps: 1000, "
+                                    "generator: {batch_size: 64}}", "sample.prompts_per_epoch=4",
+                                    "sample.group_size=8", "train.inner_epochs=2"]),
+    "sd3-tiny-64px": ("grpo_guard", ["backbone={name: sd3, params: {pretrained: '{tiny_sd3}', resolution: 64, "
+                                     "lora_rank: 8, lora_alpha: 16}}", "sample.guidance_scale=4.5",
+                                     "prompts={source: file, path: '{prompts}'}",
+                                     "rewards=[{name: jpeg_compressibility}]", "eval.evaluator=null",
+                                     "sample.prompts_per_epoch=4", "sample.group_size=8"]),
+    "sd3-tiny-128px": ("grpo_guard", ["backbone={name: sd3, params: {pretrained: '{tiny_sd3}', resolution: 128, "
+                                      "lora_rank: 8, lora_alpha: 16}}", "sample.guidance_scale=4.5",
+                                      "prompts={source: file, path: '{prompts}'}",
+                                      "rewards=[{name: jpeg_compressibility}]", "eval.evaluator=null",
+                                      "sample.prompts_per_epoch=4", "sample.group_size=8"]),
+}
+PROMPTS = ["a red cube on a table", "two cats on a sofa", "a lighthouse at night", "a bowl of green apples"]
+
+
+# ---- the child: one measurement --------------------------------------------------------------------
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _timeit(fn, repeat: int = 3) -> float:
+    best = math.inf
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _floor(cfg) -> dict:
+    """Seconds of the model's own calls for one epoch of ``cfg`` (see the module docstring)."""
+    import torch
+
+    from .backbones import BackboneContext, build_backbone
+    from .train.update import forward_chunks
+
+    s, t = cfg.sample, cfg.train
+    bb = build_backbone(cfg.backbone.name, cfg.backbone.params,
+                        BackboneContext(Path(cfg.cache_dir).expanduser(), torch.device("cpu"), cfg.seed, False))
+    b = s.prompts_per_epoch * s.group_size
+    prompts = [f"a handwritten {i % 10}" for i in range(b)] if cfg.prompts.source == "digits" else \
+        [PROMPTS[i % len(PROMPTS)] for i in range(b)]
+    cond = bb.encode_prompts(prompts)
+    x = torch.randn(b, *bb.latent_shape)
+    sig = torch.full((b,), 0.5)
+    k_steps, t_steps = s.num_steps, len(cfg.trained_step_indices())
+
+    def rollout_calls():
+        bb.eval()
+        with torch.no_grad():
+            for _ in range(k_steps):
+                for i in range(0, b, s.batch_size):
+                    bb(x[i:i + s.batch_size], sig[i:i + s.batch_size], cond.index(slice(i, i + s.batch_size)),
+                       s.guidance_scale)
+            bb.decode(x)
+
+    cfg_copies = 1 if s.guidance_scale == 1 else 2
+    n = b // t.updates_per_epoch
+    idx = torch.arange(n)
+    xu = torch.randn(n * t_steps, *bb.latent_shape)
+    sigu = torch.full((n * t_steps,), 0.5)
+    condu = cond.index(torch.arange(n * t_steps) % b)
+
+    def update_calls():
+        bb.train()
+        for _ in range(t.updates_per_epoch * t.inner_epochs):
+            for sub, js in forward_chunks(idx, t_steps, cfg_copies, t.max_forward_rows):
+                rows = sub.numel() * len(js)
+                v = bb(xu[:rows], sigu[:rows], condu.index(slice(0, rows)), s.guidance_scale)
+                v.float().square().mean().backward()
+            bb.zero_grad(set_to_none=True)
+
+    rollout_calls()
+    update_calls()  # warm-up
+    return {"rollout_floor_s": _timeit(rollout_calls), "update_floor_s": _timeit(update_calls)}
+
+
+def _reference_epochs(cfg, epochs: int) -> dict:
+    """The reference-style loop (module docstring) for ``epochs`` epochs; returns seconds per epoch
+    (after the first) and the per-epoch mean losses."""
+    import torch
+
+    from .backbones import BackboneContext, build_backbone
+    from .core import group_advantages, policy_loss, sde_step
+    from .prompts import draw_epoch_prompts, load_prompts
+    from .rewards import RewardContext, build_reward, weighted_sum
+    from .seeding import derive_generator
+    from .train.rollout import per_sample_noise, rollout
+
+    s, t, lo = cfg.sample, cfg.train, cfg.loss
+    torch.manual_seed(cfg.seed)
+    cache = Path(cfg.cache_dir).expanduser()
+    bb = build_backbone(cfg.backbone.name, cfg.backbone.params, BackboneContext(cache, torch.device("cpu"), cfg.seed,
+                                                                                 False))
+    rctx = RewardContext(cache, torch.device("cpu"), cfg.seed, getattr(bb, "image_size", None), verbose=False)
+    rewards = {r.name: build_reward(r.name, r.params, rctx) for r in cfg.rewards}
+    proxy_w = {r.name: r.weight for r in cfg.rewards if r.role == "proxy"}
+    params = bb.trainable_parameters()
+    opt = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.adam_betas), eps=t.adam_eps, weight_decay=t.weight_decay)
+    all_prompts = load_prompts(cfg.prompts.source, cfg.prompts.path)
+    sigmas = bb.sigmas(s.num_steps, s.shift)
+    trained = cfg.trained_step_indices()
+    b = s.prompts_per_epoch * s.group_size
+    times, losses = [], []
+    for epoch in range(epochs):
+        t0 = time.perf_counter()
+        ep_prompts = draw_epoch_prompts(all_prompts, s.prompts_per_epoch, cfg.seed, epoch)
+        perm = torch.randperm(b, generator=derive_generator(cfg.seed, "minibatch", epoch))
+        prompts = [ep_prompts[int(i) // s.group_size] for i in perm]
+        bb.eval()
+        cond = bb.encode_prompts(prompts)
+        noise = per_sample_noise(cfg.seed, "rollout", epoch, perm.tolist(), s.num_steps + 1, bb.latent_shape)
+        traj = rollout(lambda x, sg, c: bb(x, sg, c, s.guidance_scale), cond, noise, sigmas, trained,
+                       sde_steps=list(range(s.num_steps)), noise_level=s.noise_level, sde_type=s.sde_type,
+                       reduction=lo.reduction, batch_size=s.batch_size)
+        images = bb.decode(traj.final).float()
+        vals = {k: rewards[k](images, prompts, [{} for _ in prompts]).float() for k in proxy_w}
+        adv = group_advantages(weighted_sum(vals, proxy_w), perm // s.group_size, std_mode=t.adv_std, eps=t.adv_eps,
+                               clip_max=t.adv_clip_max).advantages
+        bb.train()
+        ep_loss, count = 0.0, 0
+        for _ in range(t.inner_epochs):
+            for idx in torch.arange(b).chunk(t.updates_per_epoch):
+                for j, k in enumerate(trained):  # one call per trained step, as Flow-GRPO's loop
+                    x, c = traj.latents[idx, j], cond.index(idx)
+                    sg = sigmas[k].expand(idx.numel())
+                    out = sde_step(bb(x, sg, c, s.guidance_scale), x, sigmas[k], sigmas[k + 1], s.noise_level,
+                                   next_state=traj.next_latents[idx, j], sde_type=s.sde_type, reduction=lo.reduction)
+                    ref_mean = None
+                    if lo.kl_coef > 0:
+                        with torch.no_grad(), bb.reference():
+                            ref_mean = sde_step(bb(x, sg, c, s.guidance_scale), x, sigmas[k], sigmas[k + 1],
+                                                s.noise_level, next_state=traj.next_latents[idx, j],
+                                                sde_type=s.sde_type, reduction=lo.reduction).mean
+                    dt = (sigmas[k + 1] - sigmas[k]).expand(idx.numel())
+                    loss, _ = policy_loss(out.log_prob, traj.log_probs[idx, j], adv[idx], mean=out.mean,
+                                          old_mean=traj.means[idx, j], std=out.std, dt=dt, sigma=sg,
+                                          sigma_t=out.sigma_t, ref_mean=ref_mean, ratio_mode=lo.ratio_mode,
+                                          step_weight=lo.step_weight, clip_range=lo.clip_range, kl_coef=lo.kl_coef,
+                                          reduction=lo.reduction)
+                    (loss / len(trained)).backward()
+                    ep_loss += float(loss)
+                    count += 1
+                torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t0)
+        losses.append(ep_loss / count)
+    return {"ref_epoch_s": float(np.mean(times[1:])) if len(times) > 1 else times[0], "ref_losses": losses}
+
+
+def _child(setting_json: str) -> dict:
+    import torch
+
+    from .config import load_config
+    from .train.loop import train
+
+    spec = json.loads(setting_json)
+    torch.set_num_threads(spec.get("threads", 2))
+    cfg = load_config(spec["config"], spec["overrides"])
+    out: dict = {"name": spec["name"]}
+    with tempfile.TemporaryDirectory() as d:
+        cfg.log.checkpoint_every = 0
+        train(cfg, Path(d) / "run", log=lambda *_: None)
+        rows = [json.loads(x) for x in (Path(d) / "run" / "metrics.jsonl").read_text().splitlines()]
+    steady = rows[1:] if len(rows) > 1 else rows
+    mean = lambda k: float(np.mean([r[k] for r in steady]))  # noqa: E731
+    out.update({"epochs": len(rows), "epoch_s": mean("epoch_seconds"), "rollout_s": mean("rollout_seconds"),
+                "reward_s": mean("reward_seconds"), "update_s": mean("update_seconds"),
+                "losses": [r.get("loss") for r in rows], "peak_rss_mb": _peak_rss_mb(),
+                "rss_curve_mb": None})
+    s = cfg.sample
+    b = s.prompts_per_epoch * s.group_size
+    t_steps = len(cfg.trained_step_indices())
+    out["images_per_s"] = b / out["rollout_s"]
+    out["denoise_steps_per_s"] = b * s.num_steps / out["rollout_s"]
+    out["trained_steps_per_s"] = b * t_steps * cfg.train.inner_epochs / out["update_s"]
+    if spec.get("floor"):
+        out.update(_floor(cfg))
+        out["overhead"] = out["epoch_s"] / (out["rollout_floor_s"] + out["update_floor_s"])
+    if spec.get("reference"):
+        ref = _reference_epochs(cfg, len(rows))
+        out.update(ref)
+        out["ours_over_reference"] = out["epoch_s"] / ref["ref_epoch_s"]
+        ours = [x for x in out["losses"]]
+        out["max_loss_diff"] = float(max(abs(a - b) for a, b in zip(ours, ref["ref_losses"])))
+    return out
+
+
+def _memory_child(setting_json: str) -> dict:
+    """RSS every 20 epochs over a long run (memory must stay flat)."""
+    import torch
+
+    from .config import load_config
+    from .train.loop import train
+
+    spec = json.loads(setting_json)
+    torch.set_num_threads(spec.get("threads", 2))
+    cfg = load_config(spec["config"], spec["overrides"])
+    curve = []
+
+    def rss_mb() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    from .train import runlog
+
+    orig = runlog.MetricsLog.append
+
+    def append(self, row):
+        orig(self, row)
+        if row.get("epoch", 0) % 20 == 0:
+            curve.append((row["epoch"], rss_mb()))
+
+    runlog.MetricsLog.append = append
+    with tempfile.TemporaryDirectory() as d:
+        train(cfg, Path(d) / "run", log=lambda *_: None)
+    return {"name": spec["name"], "rss_curve_mb": curve, "peak_rss_mb": _peak_rss_mb()}
+
+
+# ---- the parent ------------------------------------------------------------------------------------
+
+def _run_child(spec: dict, kind: str = "one") -> dict:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "grpo_guard.bench", f"_{kind}", json.dumps(spec)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        raise RuntimeError(f"bench {spec['name']} failed: {r.stderr.strip().splitlines()[-1] if r.stderr else r.returncode}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _fit_exponent(xs, ys) -> float:
+    return float(np.polyfit(np.log(xs), np.log(ys), 1)[0])
+
+
+def run_bench(out: Path, *, epochs: int = 4, quick: bool = False, log=print) -> dict:
+    """All measurements (see the module docstring) into ``out/bench.json``; returns the results."""
+    from .backbones.tiny_pipelines import save_tiny_pipeline
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tiny = out / "tiny_sd3"
+    if not (tiny / "model_index.json").is_file():
+        save_tiny_pipeline("sd3", tiny)
+    prompts = out / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+
+    def spec(name, config, overrides, **kw):
+        ov = [o.replace("{tiny_sd3}", str(tiny)).replace("{prompts}", str(prompts)) for o in overrides]
+        return {"name": name, "config": config, "overrides": [*ov, *_COMMON, f"train.epochs={epochs}"], **kw}
+
+    res: dict = {"machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]}, "epochs": epochs,
+                 "settings": [], "scaling": {}, "memory": None, "sde_window": None}
+    import torch
+
+    res["machine"]["torch"] = torch.__version__
+    names = list(SETTINGS) if not quick else ["toy-mlp-8px"]
+    for name in names:
+        config, ov = SETTINGS[name]
+        log(f"[bench] {name}")
+        res["settings"].append(_run_child(spec(name, config, ov, floor=True, reference=True)))
+    if not quick:
+        base_cfg, base_ov = SETTINGS["toy-sd3-32px"]
+        axes = {"group_size": ("sample.group_size", [4, 8, 16]), "num_steps": ("sample.num_steps", [5, 10, 20]),
+                "resolution": (None, [16, 32, 64])}
+        for axis, (key, values) in axes.items():
+            pts = []
+            for v in values:
+                log(f"[bench] scaling {axis}={v}")
+                if axis == "resolution":
+                    ov = [f"backbone.params={{net: sd3, resolution: {v}, layout: latent16, pretrain_steps: 1000, "
+                          "generator: {batch_size: 64}}", *base_ov[1:]]
+                else:
+                    ov = [*base_ov, f"{key}={v}"]
+                r = _run_child(spec(f"scaling-{axis}-{v}", base_cfg, ov))
+                pts.append({"value": v, "epoch_s": r["epoch_s"], "peak_rss_mb": r["peak_rss_mb"]})
+            xs = [p["value"] for p in pts]
+            res["scaling"][axis] = {"points": pts, "time_exponent": _fit_exponent(xs, [p["epoch_s"] for p in pts]),
+                                    "memory_exponent": _fit_exponent(xs, [p["peak_rss_mb"] for p in pts])}
+        log("[bench] SDE window")
+        full = _run_child(spec("window-full", base_cfg, base_ov))
+        half = _run_child(spec("window-half", base_cfg, [*base_ov, "sample.sde_window=[0, 5]"]))
+        res["sde_window"] = {"full_update_s": full["update_s"], "half_update_s": half["update_s"],
+                             "trained_steps": [9, 4], "update_ratio": half["update_s"] / full["update_s"],
+                             "steps_ratio": 4 / 9}
+    log("[bench] memory over 200 epochs")
+    mem_cfg, mem_ov = SETTINGS["toy-mlp-8px"]
+    m = spec("memory-200", mem_cfg, mem_ov)
+    m["overrides"] = [o for o in m["overrides"] if not o.startswith("train.epochs")] + ["train.epochs=200"]
+    res["memory"] = _run_child(m, kind="memory")
+    (out / "bench.json").write_text(json.dumps(res, indent=1))
+    return res
+
+
+def format_table(res: dict) -> str:
+    lines = ["| setting | epoch s | rollout s | update s | images/s | trained steps/s | floor s | overhead | "
+             "reference s | ours / reference | max loss diff | peak RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in res["settings"]:
+        floor = r.get("rollout_floor_s", math.nan) + r.get("update_floor_s", math.nan)
+        lines.append(f"| {r['name']} | {r['epoch_s']:.3f} | {r['rollout_s']:.3f} | {r['update_s']:.3f} | "
+                     f"{r['images_per_s']:.1f} | {r['trained_steps_per_s']:.1f} | {floor:.3f} | "
+                     f"{r.get('overhead', math.nan):.2f} | {r.get('ref_epoch_s', math.nan):.3f} | "
+                     f"{r.get('ours_over_reference', math.nan):.2f} | {r.get('max_loss_diff', math.nan):.1e} | "
+                     f"{r['peak_rss_mb']:.0f} |")
+    for axis, sc in res.get("scaling", {}).items():
+        pts = ", ".join(f"{p['value']}: {p['epoch_s']:.2f} s / {p['peak_rss_mb']:.0f} MB" for p in sc["points"])
+        lines.append(f"\nscaling with {axis}: {pts}; time exponent {sc['time_exponent']:.2f}, "
+                     f"memory exponent {sc['memory_exponent']:.2f}")
+    if res.get("sde_window"):
+        w = res["sde_window"]
+        lines.append(f"\nSDE window [0, 5) vs all steps: update time x{w['update_ratio']:.2f} for trained steps "
+                     f"x{w['steps_ratio']:.2f}")
+    if res.get("memory"):
+        c = res["memory"]["rss_curve_mb"]
+        lines.append("\nRSS over 200 epochs (epoch: MB): " + ", ".join(f"{e}: {mb:.0f}" for e, mb in c))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] in ("_one", "_memory"):
+        result = (_child if sys.argv[1] == "_one" else _memory_child)(sys.argv[2])
+        print(json.dumps(result))
+    else:
+        print("usage: grpo-guard bench --out DIR", file=sys.stderr)
+        sys.exit(2)
