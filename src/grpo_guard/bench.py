@@ -327,10 +327,11 @@ def run_bench(out: Path, *, epochs: int = 4, quick: bool = False, log=print) -> 
         res["sde_window"] = {"full_update_s": full["update_s"], "half_update_s": half["update_s"],
                              "trained_steps": [9, 4], "update_ratio": half["update_s"] / full["update_s"],
                              "steps_ratio": 4 / 9}
-    log("[bench] memory over 200 epochs")
+    mem_epochs = 40 if quick else 200
+    log(f"[bench] memory over {mem_epochs} epochs")
     mem_cfg, mem_ov = SETTINGS["toy-mlp-8px"]
-    m = spec("memory-200", mem_cfg, mem_ov)
-    m["overrides"] = [o for o in m["overrides"] if not o.startswith("train.epochs")] + ["train.epochs=200"]
+    m = spec(f"memory-{mem_epochs}", mem_cfg, mem_ov)
+    m["overrides"] = [o for o in m["overrides"] if not o.startswith("train.epochs")] + [f"train.epochs={mem_epochs}"]
     res["memory"] = _run_child(m, kind="memory")
     (out / "bench.json").write_text(json.dumps(res, indent=1))
     return res
@@ -357,7 +358,7 @@ def format_table(res: dict) -> str:
                      f"x{w['steps_ratio']:.2f}")
     if res.get("memory"):
         c = res["memory"]["rss_curve_mb"]
-        lines.append("\nRSS over 200 epochs (epoch: MB): " + ", ".join(f"{e}: {mb:.0f}" for e, mb in c))
+        lines.append(f"\nRSS over {res['memory']['name'].split('-')[1]} epochs (epoch: MB): " + ", ".join(f"{e}: {mb:.0f}" for e, mb in c))
     return "\n".join(lines)
 
 

@@ -117,7 +117,7 @@ PRESETS: dict[str, StudyPlan] = {
         conditions=[_spectral_cell("multi", 64, "many")]),
     "map": StudyPlan(
         name="map", world=SPECTRAL_WORLD, arms=["flow_grpo", "grpo_guard"],
-        conditions=[_spectral_cell(r, n, u) for r in ("multi", "single") for n in (16, 64, 128)
+        conditions=[_spectral_cell(r, n, u) for r in ("multi", "single") for n in (16, 64)
                     for u in ("many", "few")]),
     # tiny: for tests (seconds per run)
     "tiny": StudyPlan(
