@@ -222,3 +222,67 @@ if __name__ == "__main__":  # print the docs/reliability.md table with the real 
             msg = err.getvalue().strip().replace(d, "DIR").replace("|", "\\|")
             cmd = " ".join(shown).replace(" ".join(TINY), "[tiny test backbone]").replace("|", "\\|")
             print(f"| {i} | {what} | `grpo-guard {cmd}` | {msg} ({code}) |")
+
+
+# ---- property-based: reward-server payloads ----------------------------------------------------------
+
+def _npy_b64(array) -> str:
+    import base64
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=True)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                  max_size=4), max_leaves=12)
+
+
+@st.composite
+def _payloads(draw):
+    """Bodies of POST /score: raw bytes, arbitrary JSON, and near-valid requests with a random npy array."""
+    import json as _json
+
+    import numpy as np
+
+    kind = draw(st.sampled_from(["bytes", "json", "near"]))
+    if kind == "bytes":
+        return draw(st.binary(max_size=200))
+    if kind == "json":
+        return _json.dumps(draw(_JSON)).encode()
+    n = draw(st.integers(0, 5))
+    shape = draw(st.lists(st.integers(0, 4), min_size=0, max_size=5))
+    dtype = draw(st.sampled_from(["float32", "float64", "int64", "uint8", "object", "bool"]))
+    if dtype == "object":
+        array = np.empty(shape, dtype=object)
+    else:
+        array = draw(st.sampled_from([np.zeros, np.ones])) (shape, dtype=dtype)
+        if dtype.startswith("float") and array.size and draw(st.booleans()):
+            array.flat[0] = draw(st.sampled_from([np.nan, np.inf, -1.0, 2.0]))
+    body = {"prompts": draw(st.lists(st.text(max_size=5), min_size=n, max_size=n)),
+            "images": {"format": draw(st.sampled_from(["npy", "png", "jpg", 3])), "data": _npy_b64(array)}}
+    if draw(st.booleans()):
+        body[draw(st.sampled_from(["metadata", "extra"]))] = draw(_JSON)
+    return _json.dumps(body).encode()
+
+
+@settings(max_examples=300, deadline=None)
+@given(_payloads())
+def test_any_reward_server_payload_is_decoded_or_refused_cleanly(body):
+    """Whatever a client sends, the server's validator returns a valid float32 batch in [0, 1] with one
+    prompt per image, or refuses with a 4xx status and a one-line message; never another exception."""
+    import numpy as np
+
+    from grpo_guard.rewards.server import _parse_score_request, _RequestError
+
+    try:
+        images, prompts, metadata = _parse_score_request(body, max_batch=4)
+    except _RequestError as e:
+        assert 400 <= e.status < 500 and e.message and "\n" not in e.message
+        return
+    assert images.dtype == np.float32 and images.ndim == 4 and images.shape[0] == len(prompts) == len(metadata)
+    assert 1 <= len(prompts) <= 4 and np.isfinite(images).all() and images.min() >= 0 and images.max() <= 1

@@ -347,8 +347,9 @@ def _f(s: dict, spec: str = ".3f") -> str:
 def format_study_markdown(doc: dict) -> str:
     """The summary tables of a study (one section per condition)."""
     lines = [f"# Study `{doc['plan']}`", "", f"Total time {doc['seconds'] / 60:.1f} min. Values are mean ± sd over "
-             "seeds. Gold at matched proxy: at the highest evaluation-proxy level that every seed of the arm and "
-             "of the baseline reached (first crossing, interpolated).", ""]
+             "seeds. Gold at matched proxy: at the largest evaluation-proxy GAIN over the run's own start (the base "
+             "model's evaluation) that every seed of the arm and of the baseline reached (first crossing, "
+             "interpolated); Δ is arm − baseline, paired by seed (same evaluation noise and start).", ""]
     for c in doc["conditions"]:
         lines += [f"## {c['condition']}" + (f": {c['note']}" if c["note"] else ""), ""]
         lines += ["| arm | clip | proxy start → final (peak) | hacking epoch | raw r̄<1 steps | r̄−1 last step "
