@@ -335,7 +335,7 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
         raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=3e-4")
     key, raw = item.split("=", 1)
     key = key.strip()
-    if not key or any(not part for part in key.split(".")):
+    if not key or any(not part for part in key.split(".")) or not all(c.isprintable() and not c.isspace() for c in key):
         raise ConfigError(f"--set {item!r}: bad key")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
