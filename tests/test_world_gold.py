@@ -63,21 +63,21 @@ def test_evaluate_fields(gold, splits):
     s = gold.evaluate(splits.base.images[:200], splits.base.labels[:200])
     assert s.n == 200 and 0.9 < s.accuracy <= 1.0 and s.frechet > 0 and 0 < s.precision <= 1
     assert s.diversity > 0 and 0 < s.hf_energy < 0.05  # real (upsampled) digits carry little HF energy
+    with pytest.raises(ValueError, match="images"):
+        gold.evaluate(torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.int64))
+    with pytest.raises(ValueError, match="labels"):
+        gold.evaluate(splits.base.images[:4], torch.zeros(3, dtype=torch.int64))
 
 
 def test_hf_energy_measures_only_high_frequencies():
     r = 16
     yy, xx = torch.meshgrid(torch.arange(r), torch.arange(r), indexing="ij")
-    low = 0.8 * torch.cos(2 * math.pi * 1 * xx / r)       # 1/8 of Nyquist
+    low = 0.4 * torch.cos(2 * math.pi * 1 * xx / r)       # 1/8 of Nyquist (|low + high| <= 0.9: no clamping)
     high = 0.5 * torch.cos(2 * math.pi * 6 * (xx + yy) / r)  # radial 0.75 sqrt(2) x Nyquist
     assert hf_energy(low[None, None]) < 1e-10  # float32 rounding only
     assert hf_energy(high[None, None]) == pytest.approx(0.125, rel=1e-5)  # a cosine's power: amp^2 / 2
     assert hf_energy((low + high)[None, None]) == pytest.approx(0.125, rel=1e-5)
     assert hf_energy(torch.stack([low, high])[:, None]) == pytest.approx(0.0625, rel=1e-5)  # image mean
-    with pytest.raises(ValueError, match="images"):
-        gold.evaluate(torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.int64))
-    with pytest.raises(ValueError, match="labels"):
-        gold.evaluate(splits.base.images[:4], torch.zeros(3, dtype=torch.int64))
 
 
 def test_normalise_gold():
