@@ -107,6 +107,19 @@ class Backbone(nn.Module):
         """The parameters RL updates (LoRA weights, or the whole velocity network)."""
         return [p for p in self.parameters() if p.requires_grad]
 
+    #: set inside :meth:`_reference_flag`; backbones that keep a frozen copy (or, like the spectral one,
+    #: switch a correction off) read it in ``forward``
+    _use_reference: bool = False
+
+    @contextmanager
+    def _reference_flag(self) -> Iterator[None]:
+        """Set ``_use_reference`` for the duration (restored after, also when nested)."""
+        prev, self._use_reference = self._use_reference, True
+        try:
+            yield
+        finally:
+            self._use_reference = prev
+
     @contextmanager
     def reference(self) -> Iterator[None]:
         """Within this context ``forward`` is the frozen reference model (for the KL): e.g. LoRA

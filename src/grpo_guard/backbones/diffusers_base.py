@@ -102,7 +102,6 @@ class DiffusersBackbone(Backbone):
         self.latent_shape = (self.transformer.config.in_channels if not self.packed else
                              self.transformer.config.in_channels // 4, resolution // scale, resolution // scale)
         self.full_finetune = bool(full_finetune)
-        self._use_reference = False
         self._prompt_cache: dict[str, tuple] = {}
         if self.full_finetune:
             self.transformer.requires_grad_(True)
@@ -201,11 +200,8 @@ class DiffusersBackbone(Backbone):
     def reference(self) -> Iterator[None]:
         """``forward`` is the frozen base model inside (LoRA adapters disabled, or the frozen copy)."""
         if self.full_finetune:
-            prev, self._use_reference = self._use_reference, True
-            try:
+            with self._reference_flag():
                 yield
-            finally:
-                self._use_reference = prev
             return
         self.transformer.disable_adapters()
         try:

@@ -64,7 +64,6 @@ class SpectralBackbone(Backbone):
             self.out = nn.Linear(width, n * n)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
-        self._use_reference = False
 
     # -- prompts ---------------------------------------------------------------------------------
     def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
@@ -124,11 +123,8 @@ class SpectralBackbone(Backbone):
     @contextmanager
     def reference(self) -> Iterator[None]:
         """``forward`` is the exact base velocity inside (the correction switched off)."""
-        prev, self._use_reference = self._use_reference, True
-        try:
+        with self._reference_flag():
             yield
-        finally:
-            self._use_reference = prev
 
 
 def make_spectral_backbone(params: dict, ctx) -> SpectralBackbone:

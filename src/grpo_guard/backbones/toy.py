@@ -62,7 +62,6 @@ class ToyBackbone(Backbone):
         self.text_encoder.requires_grad_(False)
         self.net = copy.deepcopy(state.net).eval()
         self.lora_rank = lora_rank
-        self._use_reference = False
         self._null_cache: tuple[Tensor, Tensor] | None = None
         if lora_rank is None:
             self.net.requires_grad_(True)
@@ -152,11 +151,8 @@ class ToyBackbone(Backbone):
     def reference(self) -> Iterator[None]:
         """``forward`` is the frozen base model inside: LoRA adapters disabled, or the frozen copy."""
         if self.lora_rank is None:
-            prev, self._use_reference = self._use_reference, True
-            try:
+            with self._reference_flag():
                 yield
-            finally:
-                self._use_reference = prev
             return
         layers = _tuner_layers(self.net)
         for m in layers:
