@@ -165,3 +165,49 @@ def rows(run):
     import json
 
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+class CountingTinyBackbone(TinyBackbone):
+    """Counts what the trainer asks of it: network calls in eval (rollout) and train (update) mode,
+    calls made inside ``reference()``, the rows of each call, and ``encode_prompts`` calls."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.counts = {"eval_calls": 0, "train_calls": 0, "reference_calls": 0, "encode_calls": 0,
+                       "encoded_prompts": 0}
+        self.train_rows: list[int] = []
+        self._in_reference = False
+
+    def encode_prompts(self, prompts):
+        self.counts["encode_calls"] += 1
+        self.counts["encoded_prompts"] += len(prompts)
+        return super().encode_prompts(prompts)
+
+    def forward(self, latents, sigma, cond, guidance_scale):
+        if self._in_reference:
+            self.counts["reference_calls"] += 1
+        elif self.training:
+            self.counts["train_calls"] += 1
+            self.train_rows.append(latents.shape[0])
+        else:
+            self.counts["eval_calls"] += 1
+        return super().forward(latents, sigma, cond, guidance_scale)
+
+    @contextmanager
+    def reference(self):
+        with super().reference():
+            self._in_reference = True
+            try:
+                yield
+            finally:
+                self._in_reference = False
+
+
+#: the last CountingTinyBackbone built (the trainer builds its own; the test reads it afterwards)
+LAST_COUNTING: list[CountingTinyBackbone] = []
+
+
+def make_counting_backbone(params, ctx):
+    bb = CountingTinyBackbone(**params)
+    LAST_COUNTING[:] = [bb]
+    return bb

@@ -204,12 +204,20 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import format_table, run_bench
+    from .bench import BenchError, format_table, run_bench
+    from .config import ConfigError, load_config
 
     if args.epochs < 2:
         raise UsageError(f"--epochs: need at least 2 (the first is warm-up), got {args.epochs}")
-    res = run_bench(Path(args.out), epochs=args.epochs, quick=args.quick,
-                    log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    try:
+        load_config("grpo_guard", args.set)  # bad overrides fail here, in one line, before any run starts
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+    try:
+        res = run_bench(Path(args.out), epochs=args.epochs, quick=args.quick, overrides=args.set,
+                        log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    except BenchError as e:
+        raise UsageError(str(e)) from None
     print(format_table(res))
     print(f"wrote {Path(args.out) / 'bench.json'}")
     return 0
@@ -331,8 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "alone), overhead, a Flow-GRPO-style reference loop, scaling, memory over 200 "
                                    "epochs and the SDE window; writes OUT/bench.json. Run it alone on the machine.")
     p.add_argument("--out", default="runs/bench", help="output directory (default runs/bench)")
-    p.add_argument("--epochs", type=int, default=4, help="epochs per measurement (default 4; the first is warm-up)")
+    p.add_argument("--epochs", type=int, default=6, help="epochs per measurement (default 6; the first is warm-up, the median of the rest is reported)")
     p.add_argument("--quick", action="store_true", help="one small setting only (a smoke test)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override applied to every measured run (e.g. cache_dir=/tmp/cache); repeatable")
     p.set_defaults(func=_cmd_bench)
 
     from .rewards.server import add_serve_reward_parser

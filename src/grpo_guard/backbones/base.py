@@ -79,6 +79,18 @@ class Backbone(nn.Module):
         """Encode prompts (no gradient), including the null conditioning used by CFG."""
         raise NotImplementedError
 
+    def encode_unique_prompts(self, prompts: Sequence[str]) -> Conditioning:
+        """:meth:`encode_prompts` for a batch with repeated prompts (a GRPO group repeats its prompt
+        ``group_size`` times): each distinct prompt is encoded once and its row is reused, so the text
+        encoders see ``len(set(prompts))`` rows instead of ``len(prompts)``. One row per input prompt."""
+        first: dict[str, int] = {}
+        for p in prompts:
+            first.setdefault(p, len(first))
+        if len(first) == len(prompts):
+            return self.encode_prompts(prompts)
+        cond = self.encode_prompts(list(first))
+        return cond.index(torch.tensor([first[p] for p in prompts], device=cond.embeds.device))
+
     # -- the velocity ------------------------------------------------------------------------
     def forward(self, latents: Tensor, sigma: Tensor, cond: Conditioning, guidance_scale: float) -> Tensor:
         """Velocity (B, *latent_shape) at ``latents`` (B, *latent_shape), ``sigma`` (B,).

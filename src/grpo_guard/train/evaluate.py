@@ -38,7 +38,7 @@ def evaluate_policy(backbone, cfg: RunConfig, all_prompts: list[str], rewards: d
     local = list(range(rank, len(eval_prompts), world))
     sigmas = backbone.sigmas(s.num_steps, s.shift)
     sde_steps = list(range(*s.sde_window)) if s.sde_window else list(range(s.num_steps))
-    cond = backbone.encode_prompts([eval_prompts[i] for i in local])
+    cond = backbone.encode_unique_prompts([eval_prompts[i] for i in local])
     noise = per_sample_noise(cfg.seed, "eval", 0, local, s.num_steps + 1, backbone.latent_shape)
     velocity = lambda x, sig, c: backbone(x, sig, c, s.guidance_scale)  # noqa: E731
     traj = rollout(velocity, cond, noise, sigmas, [], sde_steps=sde_steps, noise_level=s.noise_level,

@@ -263,7 +263,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, accelerator, rank: int, worl
         # 2. rollout
         t0 = time.perf_counter()
         backbone.eval()
-        cond = backbone.encode_prompts(local_prompts)
+        cond = backbone.encode_unique_prompts(local_prompts)
         noise = per_sample_noise(cfg.seed, "rollout", epoch, local_global.tolist(), s.num_steps + 1,
                                  backbone.latent_shape)
         with accelerator.autocast():

@@ -189,6 +189,7 @@ def update_policy(
     """
     s = settings
     velocity_fn, reference_fn = _velocity_fns(model, backbone, s)
+    trainable = backbone.trainable_parameters()
     t_count = traj.step_indices.numel()
     result = UpdateResult()
     sums: dict[str, float] = defaultdict(float)
@@ -233,7 +234,7 @@ def update_policy(
                     if not worst <= s.preflight_tol:
                         optimizer.zero_grad(set_to_none=True)
                         raise PreflightError(PREFLIGHT_HELP.format(value=worst, tol=s.preflight_tol))
-            total = float(accelerator.clip_grad_norm_(backbone.trainable_parameters(), s.max_grad_norm))
+            total = float(accelerator.clip_grad_norm_(trainable, s.max_grad_norm))
             result.grad_norm_total.append(total)
             result.num_updates += 1
             if math.isfinite(total):

@@ -1,0 +1,54 @@
+"""Where an epoch's time goes: cProfile over a few training epochs of one ``grpo-guard bench`` setting.
+
+    python benchmarks/profile_epoch.py toy-sd3-32px [--epochs 4] [--top 30] [--out DIR]
+
+Prints the functions with the largest cumulative and own time (the first epoch, warm-up, included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import tempfile
+from pathlib import Path
+
+import torch
+
+from grpo_guard.bench import _COMMON, PROMPTS, SETTINGS
+from grpo_guard.config import load_config
+from grpo_guard.train.loop import train
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("setting", choices=list(SETTINGS))
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--top", type=int, default=30)
+    ap.add_argument("--out", type=Path, default=Path("runs/bench"), help="where bench keeps its tiny SD3 pipeline")
+    ap.add_argument("--set", action="append", default=[], help="extra config overrides")
+    a = ap.parse_args()
+    torch.set_num_threads(2)
+    tiny = a.out / "tiny_sd3"
+    if "{tiny_sd3}" in " ".join(SETTINGS[a.setting][1]) and not (tiny / "model_index.json").is_file():
+        from grpo_guard.backbones.tiny_pipelines import save_tiny_pipeline
+
+        save_tiny_pipeline("sd3", tiny)
+    a.out.mkdir(parents=True, exist_ok=True)
+    prompts = a.out / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    config, ov = SETTINGS[a.setting]
+    ov = [o.replace("{tiny_sd3}", str(tiny)).replace("{prompts}", str(prompts)) for o in ov]
+    cfg = load_config(config, [*ov, *_COMMON, f"train.epochs={a.epochs}", "log.checkpoint_every=0", *a.set])
+    prof = cProfile.Profile()
+    with tempfile.TemporaryDirectory() as d:
+        prof.enable()
+        train(cfg, Path(d) / "run", log=lambda *_: None)
+        prof.disable()
+    st = pstats.Stats(prof)
+    st.sort_stats("cumulative").print_stats(a.top)
+    st.sort_stats("tottime").print_stats(a.top)
+
+
+if __name__ == "__main__":
+    main()

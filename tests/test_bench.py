@@ -1,0 +1,62 @@
+"""``grpo-guard bench``: the target table on synthetic figures (fast), and the quick benchmark end to end
+(slow): the reference-style loop reproduces our losses, the network clock and the floor are measured,
+memory is recorded, and the JSON and the table are written."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from grpo_guard.bench import format_table, targets
+
+
+def _res(overhead=1.05, ours_over_ref=0.6, loss_diff=1e-8, rss=(500.0, 501.0), window=0.45, exponent=1.0):
+    return {"settings": [{"name": "s", "epoch_s": 1.0, "rollout_s": 0.3, "update_s": 0.7, "images_per_s": 10.0,
+                          "trained_steps_per_s": 50.0, "peak_rss_mb": 500.0, "rollout_floor_s": 0.3,
+                          "update_floor_s": 0.6, "overhead": 1 / 0.9, "network_s": 1 / overhead,
+                          "insitu_overhead": overhead, "ref_epoch_s": 1 / ours_over_ref,
+                          "ours_over_reference": ours_over_ref, "max_loss_diff": loss_diff}],
+            "scaling": {"group_size": {"points": [{"value": 4, "epoch_s": 1, "peak_rss_mb": 1}],
+                                       "time_exponent": exponent, "memory_exponent": 0.4}},
+            "memory": {"name": "memory-200", "rss_curve_mb": [[0, rss[0]], [180, rss[1]]]},
+            "sde_window": {"full_update_s": 1.0, "half_update_s": window, "trained_steps": [9, 4],
+                           "update_ratio": window, "steps_ratio": 4 / 9}}
+
+
+def test_targets_met_and_missed():
+    met = {t: ok for t, _, ok in targets(_res())}
+    assert all(met.values()) and len(met) == 5
+    missed = targets(_res(overhead=1.3, ours_over_ref=0.8, rss=(500.0, 700.0), window=0.9, exponent=1.5))
+    assert len(missed) == 5 and not any(ok for _, _, ok in missed)
+    growth = targets(_res(rss=(500.0, 900.0)))
+    assert [ok for t, _, ok in growth if t.startswith("memory")] == [False]
+    assert not targets(_res(loss_diff=1e-3))[1][2]  # losses that differ fail the reference target
+    table = format_table(_res(overhead=1.3))
+    assert "| s: overhead <= 1.10 | isolated floor 1.11, in situ 1.30 | NO |" in table
+
+
+@pytest.mark.slow
+def test_quick_bench_end_to_end(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-m", "grpo_guard", "bench", "--out", str(tmp_path / "b"), "--quick",
+                        "--epochs", "3", "--set", f"cache_dir={tmp_path / 'cache'}"],
+                       capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((tmp_path / "b" / "bench.json").read_text())
+    (s,) = res["settings"]
+    assert s["name"] == "toy-mlp-8px" and s["epochs"] == 3 and len(s["epoch_s_all"]) == 3
+    assert s["max_loss_diff"] < 1e-5 and len(s["ref_losses"]) == 3  # the reference loop computes our losses
+    assert 0 < s["network_s"] <= s["epoch_s"]  # the network runs inside the epoch
+    assert s["rollout_floor_s"] > 0 and s["update_floor_s"] > 0 and s["overhead"] > 0
+    assert [e for e, _ in res["memory"]["rss_curve_mb"]] == [0, 20]
+    assert {t["target"] for t in res["targets"]} >= {"toy-mlp-8px: overhead <= 1.10"}
+    assert "| target | measured | met |" in r.stdout and "toy-mlp-8px" in r.stdout
+
+
+def test_bad_override_is_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "grpo_guard", "bench", "--out", str(tmp_path), "--quick",
+                        "--set", "train.no_such_key=1"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "no_such_key" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "bench.json").exists()
