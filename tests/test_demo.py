@@ -26,3 +26,18 @@ def test_quick_demo_writes_report_and_every_figure(tmp_path, capsys):
             assert (out / "runs" / f"{method}_s{seed}" / "metrics.jsonl").is_file()
     # a finished demo is not overwritten by accident
     assert main(["demo", "--quick", "--out", str(out)]) == 2
+
+
+@pytest.mark.slow
+def test_quick_demo_one_worker_matches_the_parallel_layout(tmp_path):
+    """``--workers 1`` trains the runs one after the other in this process and writes the same files."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--workers", "1", "--seeds", "1", "--out", str(out), "--set",
+                 f"cache_dir={tmp_path / 'cache'}", "--set", "log.progress=false"]) == 0
+    assert (out / "report.html").is_file()
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["flow_grpo_s0", "grpo_guard_s0"]
+
+
+def test_bad_workers_is_a_usage_error(tmp_path):
+    assert main(["demo", "--quick", "--workers", "0", "--out", str(tmp_path / "d")]) == 2
+    assert not (tmp_path / "d").exists()

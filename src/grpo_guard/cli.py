@@ -137,8 +137,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.resume:
         raise UsageError(f"--out: {out} is not empty (use another directory, or --resume to finish an interrupted demo)")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers: must be >= 1, got {args.workers}")
     settings = DemoSettings(out=out, seeds=tuple(range(args.seeds)), epochs=args.epochs, quick=args.quick,
-                            overrides=args.set)
+                            overrides=args.set, workers=args.workers)
     t0 = time.perf_counter()
     try:
         report = run_demo(settings, log=lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -304,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the configs')")
     p.add_argument("--quick", action="store_true", help="a small-D world and 4 epochs (a smoke test, for CI)")
     p.add_argument("--resume", action="store_true", help="finish an interrupted demo in --out")
+    p.add_argument("--workers", type=int, default=None,
+                   help="runs trained at once, each in its own process (default: one per run up to the number of "
+                        "cores; 1 = one after the other in this process)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     p.set_defaults(func=_cmd_demo)
 

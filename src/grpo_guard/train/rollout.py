@@ -14,6 +14,7 @@ from torch import Tensor
 
 from ..backbones.base import Backbone, Conditioning
 from ..core import sde_step
+from ..core._checks import check_finite
 from ..seeding import derive_generator
 
 __all__ = ["Trajectory", "per_sample_noise", "rollout"]
@@ -84,6 +85,11 @@ def rollout(
     sde_set = set(sde_steps)
     if not set(trained) <= sde_set:
         raise ValueError("trained_steps: every trained step must be stochastic (in sde_steps)")
+    # validate once what the step checks would re-validate at every step (one device sync each)
+    check_finite("noise", noise)
+    check_finite("sigmas", sigmas)
+    if not bool(((sigmas[:-1] <= 1) & (sigmas[:-1] > 0) & (sigmas[1:] >= 0) & (sigmas[1:] < sigmas[:-1])).all()):
+        raise ValueError("sigmas: must decrease strictly from a value in (0, 1] to a value >= 0")
     x = noise[:, 0].to(device)
     lat_shape = tuple(x.shape[1:])
     t_count = len(trained_steps)
@@ -95,9 +101,10 @@ def rollout(
         sigma = sigmas[k].to(device).expand(bsz)
         v = torch.cat([velocity_fn(x[i:i + batch_size], sigma[i:i + batch_size], cond.index(slice(i, i + batch_size)))
                        for i in range(0, bsz, batch_size)])
+        check_finite("velocity", v)  # the model's output: the only input of the step not checked above
         a = noise_level if k in sde_set else 0.0
         out = sde_step(v, x, sigmas[k], sigmas[k + 1], a, noise=noise[:, k + 1].to(device) if a > 0 else None,
-                       sde_type=sde_type, reduction=reduction)
+                       sde_type=sde_type, reduction=reduction, check_inputs=False)
         if k in trained:
             j = trained[k]
             latents[:, j] = x

@@ -1,0 +1,51 @@
+"""The rollout validates its schedule and noise once and the model's velocity at every step (one check
+per step instead of the SDE step's full input checks), and stores the trained transitions."""
+
+import pytest
+import torch
+
+from grpo_guard.backbones import Conditioning
+from grpo_guard.core import flow_sigmas, sde_step
+from grpo_guard.train.rollout import rollout
+
+COND = Conditioning(embeds=torch.zeros(4, 1, 2))
+
+
+def _run(velocity_fn, sigmas=None, noise=None):
+    sigmas = flow_sigmas(5, 3.0) if sigmas is None else sigmas
+    noise = torch.randn(4, 6, 3, generator=torch.Generator().manual_seed(0)) if noise is None else noise
+    return rollout(velocity_fn, COND, noise, sigmas, [1, 3], sde_steps=range(5), noise_level=0.7, batch_size=3)
+
+
+def test_trained_transitions_match_sde_step():
+    v = lambda x, s, c: -x * s[:, None]  # noqa: E731
+    noise = torch.randn(4, 6, 3, generator=torch.Generator().manual_seed(1))
+    sig = flow_sigmas(5, 3.0)
+    traj = _run(v, sig, noise)
+    x = noise[:, 0]
+    for k in range(5):
+        out = sde_step(v(x, sig[k].expand(4), None), x, sig[k], sig[k + 1], 0.7, noise=noise[:, k + 1])
+        if k in (1, 3):
+            j = (1, 3).index(k)
+            assert torch.allclose(traj.latents[:, j], x) and torch.allclose(traj.log_probs[:, j], out.log_prob)
+        x = out.next_state
+    assert torch.allclose(traj.final, x)
+
+
+def test_nan_velocity_is_named():
+    calls = {"n": 0}
+
+    def v(x, s, c):
+        calls["n"] += 1
+        return x * (float("nan") if calls["n"] == 3 else 1.0)
+
+    with pytest.raises(ValueError, match="velocity: contains NaN or Inf"):
+        _run(v)
+
+
+@pytest.mark.parametrize("sigmas", [torch.tensor([1.0, 0.5, 0.6, 0.2, 0.1, 0.0]),
+                                    torch.tensor([1.2, 0.8, 0.6, 0.4, 0.2, 0.0]),
+                                    torch.tensor([1.0, 0.8, float("nan"), 0.4, 0.2, 0.0])])
+def test_bad_schedule_rejected_once(sigmas):
+    with pytest.raises(ValueError, match="sigmas"):
+        _run(lambda x, s, c: x, sigmas)
