@@ -48,10 +48,18 @@ def test_tiny_study_end_to_end(tmp_path):
     # each run used its arm's calibrated clip range
     cfg = yaml.safe_load((tmp_path / "multi" / "grpo_guard_s1" / "config.yaml").read_text())
     assert cfg["loss"]["clip_range"] == pytest.approx(clips["grpo_guard"], rel=1e-5)
-    # re-running skips everything finished
+    # re-running skips everything finished: 2 calibrations and 4 runs
     logs.clear()
     run_study(plan, tmp_path, log=logs.append)
-    assert sum("done already" in m for m in logs) == 4
+    assert sum("done already" in m for m in logs) == 6
+    # two runs at a time in worker processes (one torch thread each, as here) give the same runs
+    run_study(plan, tmp_path / "parallel", workers=2, log=logs.append)
+    assert any("2 at a time" in m for m in logs)
+    for run in ("calibrate_flow_grpo", "flow_grpo_s0", "grpo_guard_s1"):
+        a = [json.loads(x) for x in (tmp_path / "multi" / run / "metrics.jsonl").read_text().splitlines()]
+        b = [json.loads(x) for x in (tmp_path / "parallel" / "multi" / run / "metrics.jsonl").read_text().splitlines()]
+        assert [r["proxy_reward_mean"] for r in a] == pytest.approx([r["proxy_reward_mean"] for r in b], rel=1e-6)
+        assert [r.get("loss") for r in a] == pytest.approx([r.get("loss") for r in b], rel=1e-5, abs=1e-9)
 
 
 def test_study_cli_rejects_bad_input(tmp_path, capsys):

@@ -187,7 +187,11 @@ def _cmd_study(args: argparse.Namespace) -> int:
                 load_config(arm, [*plan.world, *cond.overrides, *args.set])
     except ConfigError as e:
         raise UsageError(str(e)) from None
-    md = run_study(plan, Path(args.out), extra=args.set, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers: must be >= 1, got {args.workers}")
+    workers = args.workers or (os.cpu_count() or 1)
+    md = run_study(plan, Path(args.out), extra=args.set, workers=workers,
+                   log=lambda msg: print(msg, file=sys.stderr, flush=True))
     print(f"study finished; summary: {md}")
     return 0
 
@@ -321,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arms", default=None, help="comma-separated subset of the preset's arms")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the preset's, 0,1,2)")
     p.add_argument("--conditions", default=None, help="comma-separated subset of the preset's conditions")
+    p.add_argument("--workers", type=int, default=None,
+                   help="runs trained at once, each in its own process (default: the number of cores; 1 = one "
+                        "after the other in this process)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value in every run")
     p.set_defaults(func=_cmd_study)

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from .parallel import RunJob, run_jobs
 
 __all__ = ["ARMS", "Condition", "StudyPlan", "PRESETS", "run_study", "calibrate_clip", "summarize_condition",
            "format_study_markdown"]
@@ -138,11 +139,6 @@ def _rows(run_dir: Path) -> list[dict]:
     return _read_metrics(path)[0] if path.is_file() else []
 
 
-def _is_complete(run_dir: Path, epochs: int) -> bool:
-    rows = [r for r in _rows(run_dir) if isinstance(r.get("epoch"), int)]
-    return bool(rows) and max(r["epoch"] for r in rows) >= epochs - 1
-
-
 def clip_from_rows(rows: list[dict]) -> float | None:
     """The calibrated clip range: median over trained steps of the mean (over epochs) of the std of the
     ratio the arm clips (``step_stats.ratio_std``). None when there is no spread (all updates were
@@ -157,20 +153,21 @@ def clip_from_rows(rows: list[dict]) -> float | None:
     return float(np.median(prof)) if prof.size else None
 
 
-def calibrate_clip(arm: str, overrides: list[str], out: Path, epochs: int, log=print) -> float | None:
-    """Run ``arm`` for ``epochs`` with clipping off (no evaluation) into ``out`` and return
-    :func:`clip_from_rows` of its metrics. Cached: a finished calibration run is only read."""
-    from .config import load_config
-    from .train.loop import train
+def calibration_job(arm: str, overrides: list[str], out: Path, epochs: int) -> RunJob:
+    """The calibration run of ``arm``: ``epochs`` epochs with clipping off, no evaluation, into ``out``."""
+    return RunJob(arm, (*overrides, f"train.epochs={epochs}", "loss.clip_range=1e9", "eval.every=0",
+                        "log.image_every=0", "log.checkpoint_every=0", "train.grad_norm_every=0",
+                        "monitor.enabled=false"), out, label=f"calibrate {arm}")
 
-    if not _is_complete(out, epochs):
-        if out.exists():
-            shutil.rmtree(out)
-        cfg = load_config(arm, [*overrides, f"train.epochs={epochs}", "loss.clip_range=1e9", "eval.every=0",
-                                "log.image_every=0", "log.checkpoint_every=0", "train.grad_norm_every=0",
-                                "monitor.enabled=false"])
-        cfg.log.progress = False
-        train(cfg, out, log=lambda *_: None)
+
+def calibrate_clip(arm: str, overrides: list[str], out: Path, epochs: int, log=print) -> float | None:
+    """Run ``arm``'s :func:`calibration_job` (when not finished already) and return :func:`clip_from_rows`
+    of its metrics."""
+    run_jobs([calibration_job(arm, overrides, out, epochs)], log=log, prefix="[study]")
+    return _read_clip(arm, out, log)
+
+
+def _read_clip(arm: str, out: Path, log) -> float | None:
     eps = clip_from_rows(_rows(out))
     log(f"[study] {arm}: calibrated clip range {eps if eps is None else f'{eps:.3g}'} ({out})")
     return eps
@@ -178,12 +175,11 @@ def calibrate_clip(arm: str, overrides: list[str], out: Path, epochs: int, log=p
 
 # ---- running ------------------------------------------------------------------------------------
 
-def run_study(plan: StudyPlan, out: Path, *, extra: list[str] | None = None, log=print) -> Path:
+def run_study(plan: StudyPlan, out: Path, *, extra: list[str] | None = None, workers: int = 1, log=print) -> Path:
     """Run the whole plan into ``out`` and write ``study.json``, ``study.md`` and a report per condition.
-    Returns the path of ``study.md``."""
-    from .config import load_config
+    ``workers`` > 1 trains that many runs side by side (:mod:`grpo_guard.parallel`). Returns the path of
+    ``study.md``."""
     from .report import build_report
-    from .train.loop import train
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -194,27 +190,18 @@ def run_study(plan: StudyPlan, out: Path, *, extra: list[str] | None = None, log
     for cond in plan.conditions:
         cdir = out / cond.name
         overrides = [*plan.world, *cond.overrides, *extra]
-        clips: dict[str, float | None] = {}
+        run_jobs([calibration_job(arm, overrides, cdir / f"calibrate_{arm}", plan.calibrate_epochs)
+                  for arm in plan.arms], workers=workers, log=log, prefix=f"[study] {cond.name}")
+        clips = {arm: _read_clip(arm, cdir / f"calibrate_{arm}", log) for arm in plan.arms}
+        jobs, labels = [], {}
         for arm in plan.arms:
-            clips[arm] = calibrate_clip(arm, overrides, cdir / f"calibrate_{arm}", plan.calibrate_epochs, log=log)
-        run_dirs, labels = [], {}
-        for arm in plan.arms:
+            clip = [f"loss.clip_range={clips[arm]:.6g}"] if clips[arm] else []
             for seed in plan.seeds:
                 run = cdir / f"{arm}_s{seed}"
-                clip = [f"loss.clip_range={clips[arm]:.6g}"] if clips[arm] else []
-                cfg = load_config(arm, [*overrides, *clip, f"seed={seed}"])
-                cfg.log.progress = False
-                if _is_complete(run, cfg.train.epochs):
-                    log(f"[study] {cond.name} {arm} seed {seed}: done already")
-                else:
-                    t0 = time.perf_counter()
-                    resume = (run / "metrics.jsonl").is_file() and (run / "checkpoints").is_dir()
-                    if run.exists() and not resume:
-                        shutil.rmtree(run)
-                    train(cfg, run, resume=resume, log=lambda *_: None)
-                    log(f"[study] {cond.name} {arm} seed {seed}: {time.perf_counter() - t0:.0f} s")
-                run_dirs.append(run)
+                jobs.append(RunJob(arm, (*overrides, *clip, f"seed={seed}"), run, label=f"{arm} seed {seed}"))
                 labels[str(run)] = ARMS.get(arm, arm)
+        run_jobs(jobs, workers=workers, log=log, prefix=f"[study] {cond.name}")
+        run_dirs = [job.run_dir for job in jobs]
         build_report(run_dirs, cdir, title=f"Study {plan.name}: {cond.note or cond.name}", labels=labels)
         results.append(summarize_condition(plan, cond, cdir, clips))
     doc = {"plan": plan.name, "extra": extra, "conditions": results, "seconds": time.perf_counter() - t_all}
