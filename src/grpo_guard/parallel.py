@@ -108,7 +108,7 @@ def build_world_cache(job: RunJob, log: Callable[[str], None] = print) -> None:
         build_reward(spec.name, spec.params, rctx)
     if cfg.eval.evaluator:
         build_evaluator(cfg.eval.evaluator, cfg.eval.evaluator_params, rctx)
-    log(f"base model and reward models ready ({time.perf_counter() - t0:.0f} s)")
+    log(f"base model and reward models for {job.name} ready ({time.perf_counter() - t0:.0f} s)")
 
 
 def _world_key(job: RunJob) -> str:
