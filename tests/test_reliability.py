@@ -287,3 +287,13 @@ def test_nothing_unpickles():
             if "weights_only=True" not in code[m.end():i]:
                 offenders.append(f"{f.name}: torch.load without weights_only=True")
     assert not offenders
+
+
+def test_training_interrupted_survives_pickling():
+    """It crosses from the demo's and study's worker processes to the parent with its signal number."""
+    import pickle
+
+    from grpo_guard.train.loop import TrainingInterrupted
+
+    e = pickle.loads(pickle.dumps(TrainingInterrupted("interrupted by SIGTERM", 15)))
+    assert isinstance(e, TrainingInterrupted) and e.signum == 15 and str(e) == "interrupted by SIGTERM"

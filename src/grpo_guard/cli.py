@@ -128,11 +128,23 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stopped(command: str, e: Exception, how_to_continue: str) -> int:
+    """A run of a demo or study stopped: one line, and the exit code ``grpo-guard train`` would give."""
+    from .train.loop import TrainingInterrupted
+
+    if isinstance(e, TrainingInterrupted):
+        print(f"grpo-guard {command}: {e}; {how_to_continue}", file=sys.stderr)
+        return 128 + int(e.signum)
+    print(f"grpo-guard {command}: {e}", file=sys.stderr)
+    return 1
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     import time
 
     from .config import ConfigError
     from .demo import DemoSettings, run_demo
+    from .train.loop import TrainingStopped
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.resume:
@@ -146,6 +158,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         report = run_demo(settings, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     except (ConfigError, ValueError) as e:
         raise UsageError(str(e)) from None
+    except TrainingStopped as e:
+        return _stopped("demo", e, "run the same command with --resume to continue")
     print(f"demo finished in {time.perf_counter() - t0:.0f} s; open the report: {report}")
     return 0
 
@@ -155,6 +169,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
 
     from .config import ConfigError, load_config
     from .study import ARMS, PRESETS, run_study
+    from .train.loop import TrainingStopped
 
     if args.preset not in PRESETS:
         raise UsageError(f"--preset: unknown preset {args.preset!r} (known: {', '.join(PRESETS)})")
@@ -190,8 +205,11 @@ def _cmd_study(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers: must be >= 1, got {args.workers}")
     workers = args.workers or (os.cpu_count() or 1)
-    md = run_study(plan, Path(args.out), extra=args.set, workers=workers,
-                   log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    try:
+        md = run_study(plan, Path(args.out), extra=args.set, workers=workers,
+                       log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    except TrainingStopped as e:
+        return _stopped("study", e, "run the same command again to continue")
     print(f"study finished; summary: {md}")
     return 0
 

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,6 +126,29 @@ def _worker(job: RunJob, threads: int) -> float:
                      progress_bar=False)
 
 
+@contextmanager
+def _forward_sigterm(pool) -> Iterator[None]:
+    """While the pool runs, a SIGTERM to this process is passed on to the workers, whose runs then
+    checkpoint and stop as a single run does (Ctrl-C in a terminal reaches them directly, through the
+    process group). Only in the main thread, where signal handlers can be installed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def forward(signum, frame):
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            try:
+                os.kill(proc.pid, signum)
+            except OSError:
+                pass
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_jobs(jobs: Sequence[RunJob], *, workers: int = 1, log: Callable[[str], None] = print,
              prefix: str = "[run]", progress_every: float = 20.0) -> dict[Path, float | None]:
     """Train every job not finished yet; returns ``{run_dir: seconds}`` (None for runs already done).
@@ -158,7 +184,8 @@ def run_jobs(jobs: Sequence[RunJob], *, workers: int = 1, log: Callable[[str], N
         build_world_cache(job, log=lambda msg: log(f"{prefix} {msg}"))
     threads = max(1, (os.cpu_count() or 1) // workers)
     log(f"{prefix} training {len(todo)} runs, {workers} at a time ({threads} torch thread(s) each)")
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool, \
+            _forward_sigterm(pool):
         futures = {pool.submit(_worker, job, threads): (job, epochs) for job, epochs in todo}
         pending = set(futures)
         while pending:

@@ -61,6 +61,9 @@ class TrainingInterrupted(TrainingStopped):
         super().__init__(message)
         self.signum = signum
 
+    def __reduce__(self):  # picklable with its signal number (it crosses from worker processes)
+        return type(self), (str(self), self.signum)
+
 
 @dataclass
 class RunState:
