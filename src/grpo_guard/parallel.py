@@ -39,31 +39,17 @@ class RunJob:
         return self.label or self.run_dir.name
 
 
-def is_complete(run_dir: Path, epochs: int) -> bool:
-    """``run_dir``'s metrics reach epoch ``epochs - 1`` (a run's last epoch; lines that do not parse,
-    such as a torn last line, are ignored)."""
-    import json
-
-    try:
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    except OSError:
-        return False
-    last = -1
-    for line in lines:
-        try:
-            epoch = json.loads(line).get("epoch")
-        except (ValueError, AttributeError):
-            continue
-        if isinstance(epoch, int):
-            last = max(last, epoch)
-    return last >= epochs - 1
-
-
 def _epochs_done(run_dir: Path) -> int:
-    try:
-        return sum(1 for _ in (run_dir / "metrics.jsonl").open())
-    except OSError:
-        return 0
+    """Distinct epochs in ``run_dir``'s metrics (0 without a metrics file; torn lines ignored)."""
+    from .report.runs import _read_metrics
+
+    path = run_dir / "metrics.jsonl"
+    return sum(isinstance(r.get("epoch"), int) for r in _read_metrics(path)[0]) if path.is_file() else 0
+
+
+def is_complete(run_dir: Path, epochs: int) -> bool:
+    """``run_dir``'s metrics hold all ``epochs`` epochs of the run."""
+    return _epochs_done(run_dir) >= epochs
 
 
 def default_workers(num_jobs: int) -> int:
@@ -93,16 +79,15 @@ def train_job(job: RunJob, threads: int | None = None, log: Callable[[str], None
     return time.perf_counter() - t0
 
 
-def build_world_cache(job: RunJob, log: Callable[[str], None] = print) -> None:
-    """Build ``job``'s base model, rewards and evaluator once in this process (pretraining them into the
-    cache when they are not there), so that parallel runs load them instead of each building them."""
+def build_world_cache(cfg, name: str, log: Callable[[str], None] = print) -> None:
+    """Build the base model, rewards and evaluator of ``cfg`` (a :class:`RunConfig`) once in this process
+    (pretraining them into the cache when they are not there), so that parallel runs load them instead
+    of each building them."""
     import torch
 
     from .backbones import BackboneContext, build_backbone
-    from .config import load_config
     from .rewards import RewardContext, build_evaluator, build_reward
 
-    cfg = load_config(job.config, list(job.overrides))
     cache, dev = Path(cfg.cache_dir).expanduser(), torch.device("cpu")
     t0 = time.perf_counter()
     bb = build_backbone(cfg.backbone.name, cfg.backbone.params, BackboneContext(cache, dev, cfg.seed, verbose=False))
@@ -111,13 +96,11 @@ def build_world_cache(job: RunJob, log: Callable[[str], None] = print) -> None:
         build_reward(spec.name, spec.params, rctx)
     if cfg.eval.evaluator:
         build_evaluator(cfg.eval.evaluator, cfg.eval.evaluator_params, rctx)
-    log(f"base model and reward models for {job.name} ready ({time.perf_counter() - t0:.0f} s)")
+    log(f"base model and reward models for {name} ready ({time.perf_counter() - t0:.0f} s)")
 
 
-def _world_key(job: RunJob) -> str:
-    from .config import load_config
-
-    cfg = load_config(job.config, list(job.overrides))
+def _world_key(cfg) -> str:
+    """What decides which cached models a run builds."""
     return repr((cfg.cache_dir, cfg.seed, cfg.backbone, cfg.rewards, cfg.eval.evaluator, cfg.eval.evaluator_params))
 
 
@@ -158,14 +141,15 @@ def run_jobs(jobs: Sequence[RunJob], *, workers: int = 1, log: Callable[[str], N
     from .config import load_config
 
     seconds: dict[Path, float | None] = {}
-    todo = []
+    todo, configs = [], {}
     for job in jobs:
-        epochs = load_config(job.config, list(job.overrides)).train.epochs  # bad overrides fail here, early
-        if is_complete(job.run_dir, epochs):
+        cfg = load_config(job.config, list(job.overrides))  # bad overrides fail here, before any run starts
+        if is_complete(job.run_dir, cfg.train.epochs):
             log(f"{prefix} {job.name}: done already")
             seconds[job.run_dir] = None
         else:
-            todo.append((job, epochs))
+            todo.append((job, cfg.train.epochs))
+            configs[job.run_dir] = cfg
     workers = max(1, min(workers, len(todo)))
     if workers == 1:
         for job, _ in todo:
@@ -179,9 +163,9 @@ def run_jobs(jobs: Sequence[RunJob], *, workers: int = 1, log: Callable[[str], N
 
     worlds = {}
     for job, _ in todo:  # each distinct world is built once here, not by two workers at the same time
-        worlds.setdefault(_world_key(job), job)
+        worlds.setdefault(_world_key(configs[job.run_dir]), job)
     for job in worlds.values():
-        build_world_cache(job, log=lambda msg: log(f"{prefix} {msg}"))
+        build_world_cache(configs[job.run_dir], job.name, log=lambda msg: log(f"{prefix} {msg}"))
     threads = max(1, (os.cpu_count() or 1) // workers)
     log(f"{prefix} training {len(todo)} runs, {workers} at a time ({threads} torch thread(s) each)")
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool, \
