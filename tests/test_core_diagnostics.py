@@ -83,3 +83,61 @@ def test_spread():
     assert float(spread(torch.tensor([1.0, 4.0, 2.0, float("nan")]))) == 4.0
     with pytest.raises(ValueError, match="values"):
         spread(torch.tensor([0.0, 1.0]))
+
+
+def _naive_step_stats(steps, log_r, used, adv, bias, k, eps, qs):
+    """One step's statistics from a boolean selection and torch's own reductions (what the vectorised
+    segment reductions must equal)."""
+    sel = steps == k
+    if not bool(sel.any()):
+        return None
+    lr, lu, a, b = log_r[sel].double(), used[sel].double(), adv[sel].double(), bias[sel].double()
+    out = {"count": float(sel.sum())}
+    for prefix, r in (("raw_ratio", lr.exp()), ("ratio", lu.exp())):
+        out |= {f"{prefix}_mean": r.mean(), f"{prefix}_std": r.std(unbiased=False), f"{prefix}_min": r.min(),
+                f"{prefix}_max": r.max()}
+        out |= {f"{prefix}_q{round(q * 100):02d}": v for q, v in zip(qs, torch.quantile(r, torch.tensor(qs, dtype=torch.float64)))}
+    r = lu.exp()
+    for side, mask in (("high", r > 1 + eps), ("low", r < 1 - eps)):
+        for sign, cond in (("pos", a > 0), ("neg", a < 0)):
+            out[f"clip_{side}_{sign}"] = (mask & cond).sum().double() / cond.sum() if bool(cond.any()) else float("nan")
+    out["frac_raw_below_1"] = (lr < 0).double().mean()
+    out["log_ratio_std"] = lr.std(unbiased=False)
+    out["approx_kl"] = 0.5 * (lr**2).mean()
+    out["bias_mean"] = b.mean()
+    out["bias_over_spread"] = b.mean() / out["log_ratio_std"] if out["log_ratio_std"] > 0 else float("nan")
+    out["drift_u"] = (2 * b.mean()).sqrt()
+    return {key: float(v) for key, v in out.items()}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_vectorised_stats_equal_a_per_step_loop(seed):
+    # uneven counts, an empty step, a one-entry step, ties, a step with only positive advantages
+    g = torch.Generator().manual_seed(seed)
+    k_steps, qs = 6, (0.0, 0.05, 0.3, 0.5, 0.95, 1.0)
+    steps = torch.cat([torch.full((n,), k) for k, n in ((0, 37), (1, 1), (3, 12), (4, 64), (5, 5))])
+    steps = steps[torch.randperm(steps.numel(), generator=g)]
+    n = steps.numel()
+    log_r = torch.randn(n, generator=g) * 0.1
+    log_r[:4] = 0.0  # ties
+    used = log_r - torch.rand(n, generator=g) * 0.05
+    adv = torch.randn(n, generator=g)
+    adv[steps == 5] = adv[steps == 5].abs() + 0.1
+    bias = torch.rand(n, generator=g)
+    st = per_step_ratio_stats(steps, log_r, adv, k_steps, 0.05, log_ratio_used=used, bias=bias, quantiles=qs)
+    for k in range(k_steps):
+        want = _naive_step_stats(steps, log_r, used, adv, bias, k, 0.05, qs)
+        if want is None:
+            assert float(st["count"][k]) == 0
+            assert all(math.isnan(float(v[k])) for key, v in st.items() if key != "count")
+            continue
+        for key, w in want.items():
+            got = float(st[key][k])
+            assert (math.isnan(got) and math.isnan(w)) or got == pytest.approx(w, rel=1e-9, abs=1e-12), (k, key)
+
+
+def test_stats_of_no_entries_are_nan():
+    z = torch.zeros(0)
+    st = per_step_ratio_stats(torch.zeros(0, dtype=torch.long), z, z, 2, 0.1, bias=z)
+    assert st["count"].tolist() == [0, 0]
+    assert all(bool(torch.isnan(v).all()) for key, v in st.items() if key != "count")

@@ -189,6 +189,7 @@ def _reference_epochs(cfg, epochs: int) -> dict:
     from .rewards import RewardContext, build_reward, weighted_sum
     from .seeding import derive_generator
     from .train.rollout import per_sample_noise, rollout
+    from .train.update import build_optimizer
 
     s, t, lo = cfg.sample, cfg.train, cfg.loss
     torch.manual_seed(cfg.seed)
@@ -199,7 +200,7 @@ def _reference_epochs(cfg, epochs: int) -> dict:
     rewards = {r.name: build_reward(r.name, r.params, rctx) for r in cfg.rewards}
     proxy_w = {r.name: r.weight for r in cfg.rewards if r.role == "proxy"}
     params = bb.trainable_parameters()
-    opt = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.adam_betas), eps=t.adam_eps, weight_decay=t.weight_decay)
+    opt = build_optimizer(params, t)
     all_prompts = load_prompts(cfg.prompts.source, cfg.prompts.path)
     sigmas = bb.sigmas(s.num_steps, s.shift)
     trained = cfg.trained_step_indices()

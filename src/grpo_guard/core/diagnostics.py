@@ -30,11 +30,6 @@ __all__ = ["DEFAULT_QUANTILES", "per_step_ratio_stats", "grad_norm", "per_step_g
 DEFAULT_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
 
-def _cond_frac(mask: Tensor, cond: Tensor) -> Tensor:
-    n = cond.sum()
-    return (mask & cond).sum().to(torch.float64) / n if n > 0 else torch.tensor(float("nan"), dtype=torch.float64)
-
-
 def per_step_ratio_stats(
     step_index: Tensor,
     log_ratio: Tensor,
@@ -92,49 +87,76 @@ def per_step_ratio_stats(
     adv = advantages.detach().to(torch.float64)
     b = None if bias is None else bias.detach().to(torch.float64)
     dims_factor = float(num_dims) if reduction == "sum" else 1.0
-    qs = torch.tensor(list(quantiles), dtype=torch.float64)
+    steps = step_index.detach().to(device=lr.device, dtype=torch.long)
+    nan = float("nan")
 
-    keys: list[str] = ["count", "frac_raw_below_1", "clip_high_pos", "clip_high_neg", "clip_low_pos",
-                       "clip_low_neg", "log_ratio_std", "approx_kl"]
+    # every statistic is a segment reduction over the entries of each step, done for all steps at once
+    def seg_sum(v: Tensor) -> Tensor:
+        return torch.zeros(num_steps, dtype=torch.float64, device=lr.device).index_add_(0, steps, v.to(torch.float64))
+
+    count = seg_sum(torch.ones_like(lr))
+    has = count > 0
+
+    def seg_mean(v: Tensor) -> Tensor:
+        return torch.where(has, seg_sum(v) / count.clamp_min(1), nan)
+
+    def seg_std(v: Tensor, mean: Tensor) -> Tensor:  # population std (unbiased=False), two-pass
+        return seg_mean((v - mean.nan_to_num()[steps]) ** 2).sqrt()
+
+    def seg_frac(mask: Tensor, cond: Tensor) -> Tensor:  # P(mask | cond) per step, NaN without cond entries
+        n = seg_sum(cond)
+        return torch.where(n > 0, seg_sum(mask & cond) / n.clamp_min(1), nan)
+
+    def seg_extreme(v: Tensor, how: str) -> Tensor:
+        init = torch.full((num_steps,), nan, dtype=torch.float64, device=lr.device)
+        return init.scatter_reduce(0, steps, v, how, include_self=False)
+
+    # values sorted within each step: sort by value, then stably by step
+    offsets = torch.cumsum(count, 0) - count
+    qs = torch.tensor(list(quantiles), dtype=torch.float64, device=lr.device)
+
+    def seg_quantiles(v: Tensor) -> Tensor:  # (Q, K), linear interpolation as torch.quantile
+        by_value = torch.argsort(v, stable=True)
+        sorted_v = v[by_value[torch.argsort(steps[by_value], stable=True)]]
+        pos = qs[:, None] * (count - 1).clamp_min(0)[None, :]
+        lo, hi = pos.floor(), pos.ceil()
+        last = max(v.numel() - 1, 0)
+        v_lo = sorted_v[(offsets + lo).long().clamp(0, last)] if v.numel() else torch.zeros_like(pos)
+        v_hi = sorted_v[(offsets + hi).long().clamp(0, last)] if v.numel() else torch.zeros_like(pos)
+        return torch.where(has[None, :], v_lo + (v_hi - v_lo) * (pos - lo), nan)
+
+    out: dict[str, Tensor] = {"count": count}
+    for prefix, r in (("raw_ratio", lr.exp()), ("ratio", lru.exp())):
+        mean = seg_mean(r)
+        out[f"{prefix}_mean"] = mean
+        out[f"{prefix}_std"] = seg_std(r, mean)
+        out[f"{prefix}_min"] = seg_extreme(r, "amin")
+        out[f"{prefix}_max"] = seg_extreme(r, "amax")
+        for q, row in zip(quantiles, seg_quantiles(r)):
+            out[f"{prefix}_q{round(q * 100):02d}"] = row
+    out["frac_raw_below_1"] = seg_mean((lr < 0).to(torch.float64))
+    r_used = lru.exp()
+    high, low = r_used > 1 + eps_high, r_used < 1 - eps_low
+    pos, neg = adv > 0, adv < 0
+    out["clip_high_pos"] = seg_frac(high, pos)
+    out["clip_high_neg"] = seg_frac(high, neg)
+    out["clip_low_pos"] = seg_frac(low, pos)
+    out["clip_low_neg"] = seg_frac(low, neg)
+    lstd = seg_std(lr, seg_mean(lr))
+    out["log_ratio_std"] = lstd
+    out["approx_kl"] = 0.5 * seg_mean(lr**2)
+    if b is not None:
+        bm = seg_mean(b)
+        out["bias_mean"] = bm
+        out["bias_over_spread"] = torch.where(lstd > 0, bm / lstd, nan)
+        out["drift_u"] = torch.sqrt(2 * bm / dims_factor)
+    keys = ["count", "frac_raw_below_1", "clip_high_pos", "clip_high_neg", "clip_low_pos", "clip_low_neg",
+            "log_ratio_std", "approx_kl"]
     for prefix in ("raw_ratio", "ratio"):
         keys += [f"{prefix}_{s}" for s in ("mean", "std", "min", "max")]
         keys += [f"{prefix}_q{round(q * 100):02d}" for q in quantiles]
-    if b is not None:
-        keys += ["bias_mean", "bias_over_spread", "drift_u"]
-    out = {k: torch.full((num_steps,), float("nan"), dtype=torch.float64) for k in keys}
-
-    steps = step_index.detach().cpu()
-    for k in range(num_steps):
-        sel = (steps == k).to(lr.device)
-        cnt = int(sel.sum())
-        out["count"][k] = cnt
-        if cnt == 0:
-            continue
-        r_raw, r_used, a = lr[sel].exp(), lru[sel].exp(), adv[sel]
-        for prefix, r in (("raw_ratio", r_raw), ("ratio", r_used)):
-            out[f"{prefix}_mean"][k] = r.mean()
-            out[f"{prefix}_std"][k] = r.std(unbiased=False)
-            out[f"{prefix}_min"][k] = r.min()
-            out[f"{prefix}_max"][k] = r.max()
-            qv = torch.quantile(r, qs.to(r.device))
-            for q, v in zip(quantiles, qv):
-                out[f"{prefix}_q{round(q * 100):02d}"][k] = v
-        out["frac_raw_below_1"][k] = (lr[sel] < 0).to(torch.float64).mean()
-        high, low = r_used > 1 + eps_high, r_used < 1 - eps_low
-        pos, neg = a > 0, a < 0
-        out["clip_high_pos"][k] = _cond_frac(high, pos)
-        out["clip_high_neg"][k] = _cond_frac(high, neg)
-        out["clip_low_pos"][k] = _cond_frac(low, pos)
-        out["clip_low_neg"][k] = _cond_frac(low, neg)
-        lstd = lr[sel].std(unbiased=False)
-        out["log_ratio_std"][k] = lstd
-        out["approx_kl"][k] = 0.5 * (lr[sel] ** 2).mean()
-        if b is not None:
-            bm = b[sel].mean()
-            out["bias_mean"][k] = bm
-            out["bias_over_spread"][k] = bm / lstd if lstd > 0 else float("nan")
-            out["drift_u"][k] = torch.sqrt(2 * bm / dims_factor)
-    return out
+    keys += ["bias_mean", "bias_over_spread", "drift_u"] if b is not None else []
+    return {k: out[k].cpu() for k in keys}
 
 
 def grad_norm(loss: Tensor, params: Iterable[Tensor], *, retain_graph: bool = True) -> Tensor:

@@ -107,12 +107,12 @@ def gaussian_log_prob(x: Tensor, mean: Tensor, std: Tensor, reduction: str = "me
     """
     check_choice("reduction", reduction, REDUCTIONS)
     dtype = _compute_dtype(mean.dtype)
-    diff = x.detach().to(dtype) - mean.to(dtype)
-    sq = diff.pow(2).flatten(1).mean(1)  # (B,) mean over dims of (x - mu)^2
+    diff = (x.detach().to(dtype) - mean.to(dtype)).flatten(1)
+    sq = torch.linalg.vecdot(diff, diff) / diff.shape[1]  # (B,) mean over dims of (x - mu)^2
     std = std.to(dtype)
     per_dim = -sq / (2 * std**2) - torch.log(std) - _HALF_LOG_2PI
     if reduction == "sum":
-        return per_dim * diff[0].numel()
+        return per_dim * diff.shape[1]
     return per_dim
 
 
@@ -181,11 +181,15 @@ def sde_step(
     bshape = (bsz,) + (1,) * (state.ndim - 1)
     x = state.to(dtype)
     v = velocity.to(dtype)
-    t = sig.view(bshape)
-    dt = (sig_next - sig).view(bshape)
+    dt = sig_next - sig
     sigma_t = sde_sigma_t(sig, sig_next, noise_level, sde_type)
-    st = sigma_t.view(bshape)
-    mean = x + (v + st**2 / (2 * t) * (x + (1 - t) * v)) * dt
+    # mu = x + [v + sigma_t^2 / (2t) (x + (1 - t) v)] dt, regrouped per sample as x * c_x + v * c_v: three
+    # full-size operations instead of seven (this runs at every step of every rollout and training call);
+    # with a = 0, c_x = 1 and c_v = dt, so the Euler step x + v dt is reproduced bit for bit
+    half_s2_over_t = sigma_t**2 / (2 * sig)
+    c_x = (1 + half_s2_over_t * dt).view(bshape)
+    c_v = ((1 + half_s2_over_t * (1 - sig)) * dt).view(bshape)
+    mean = x * c_x + v * c_v
     std = sigma_t * torch.sqrt(sig - sig_next)
 
     if noise_level == 0:
@@ -193,7 +197,7 @@ def sde_step(
     if next_state is None:
         if noise is None:
             noise = torch.randn(state.shape, generator=generator, device=state.device, dtype=dtype)
-        next_state = mean + std.view(bshape) * noise.to(dtype)
+        next_state = torch.addcmul(mean, std.view(bshape), noise.to(dtype))
     else:
         next_state = next_state.to(dtype)
     log_prob = gaussian_log_prob(next_state, mean, std, reduction)

@@ -41,7 +41,7 @@ from .monitor import OveroptimizationMonitor
 from .rollout import per_sample_noise, rollout
 from .faults import StopRequest, fault_point
 from .runlog import MetricsLog, RunDirError, RunLock, atomic_write_text, save_image_grid, to_jsonable
-from .update import PreflightError, UpdateSettings, measure_step_grad_norms, update_policy
+from .update import PreflightError, UpdateSettings, build_optimizer, measure_step_grad_norms, update_policy
 
 __all__ = ["train", "TrainingStopped", "TrainingInterrupted", "OutputWriteError", "RunDirError", "PreflightError", "prepare_run_dir"]
 
@@ -191,8 +191,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, accelerator, rank: int, worl
     params = backbone.trainable_parameters()
     if not params:
         raise ValueError("backbone: has no trainable parameters")
-    optimizer = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.adam_betas), eps=t.adam_eps,
-                                  weight_decay=t.weight_decay)
+    optimizer = build_optimizer(params, t)
     ema = EMA(params, t.ema_decay) if t.ema_decay > 0 else None
     model, optimizer = accelerator.prepare(backbone, optimizer)
     metrics = MetricsLog(out / "metrics.jsonl")
@@ -462,6 +461,7 @@ def _postfix(row: dict) -> str:
 def _checkpoint(out, epoch, backbone, optimizer, ema, state, monitor, cfg, is_main, accelerator) -> None:
     state.monitor = monitor.state_dict()
     if is_main:
+        MetricsLog(out / "metrics.jsonl").sync()  # the rows up to this checkpoint are durable before it is
         st = {k: v for k, v in state.__dict__.items()}
         st["epoch"] = epoch
         try:
