@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(TORCH_SPEC)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	# OpenCLIP's model code, the reference tests/test_hpsv2.py checks HPSv2 against; without its
+	# dependencies (its torchvision would not work beside this torch)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps open_clip_torch==3.3.0
 	@touch $(STAMP)
 
 # The main job: Flow-GRPO vs GRPO-Guard on the toy world, then runs/demo/report.html.

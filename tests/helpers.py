@@ -1,4 +1,4 @@
-"""Builders of synthetic policy batches for the core tests (no models)."""
+"""Builders of synthetic policy batches for the core tests (no models) and of a tiny CLIP tokenizer."""
 
 from __future__ import annotations
 
@@ -38,3 +38,17 @@ def off_policy_batch(n=6, d=32, drift=0.05, std=None, dtype=torch.float64, seed=
     old_lp = gaussian_log_prob(x_next, old_mean, std, reduction)
     lp = gaussian_log_prob(x_next, mean, std, reduction)
     return OffPolicyBatch(old_mean, mean, eps, std, x_next, old_lp, lp)
+
+
+def tiny_clip_tokenizer():
+    """A character-level ``CLIPTokenizer`` (no merges) over the byte-level alphabet; end-of-text is the
+    largest id, as in OpenCLIP's vocabulary."""
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import CLIPTokenizer
+
+    chars = sorted(ByteLevel.alphabet())
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from grpo_guard import flow_sigmas, policy_loss, sde_step
-from grpo_guard.core import RATIO_MODES, gaussian_log_prob, ratio_bias, sde_velocity_gain
+from grpo_guard.core import RATIO_MODES, gaussian_log_prob, sde_velocity_gain
 
 from helpers import off_policy_batch
 

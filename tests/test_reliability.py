@@ -2,7 +2,6 @@
 disk, NaN updates, a second run on the same directory."""
 
 import errno
-import json
 import os
 import signal
 import subprocess

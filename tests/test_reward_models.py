@@ -2,8 +2,8 @@
 
 The CLIP rewards are checked with tiny randomly initialised CLIP models saved with
 ``save_pretrained`` and loaded back through the adapters' own ``from_pretrained`` path; nothing here
-uses real weights. The optional-package adapters are checked for their one-line errors (and HPSv2's
-and OCR's plumbing with stand-ins)."""
+uses real weights. ImageReward and HPSv2 have their own files (checked against reference
+implementations); OCR is checked for its one-line errors and its rule with a stand-in engine."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ import types
 import pytest
 import torch
 
+from helpers import tiny_clip_tokenizer
+
 from grpo_guard.rewards import REWARDS, RewardContext, build_reward
 from grpo_guard.rewards.clip_rewards import CLIP_MEAN, CLIP_STD, RewardUnavailable, clip_preprocess
-from grpo_guard.rewards.optional import levenshtein, ocr_text_reward, quoted_text
+from grpo_guard.rewards.ocr import levenshtein, ocr_text_reward, quoted_text
 
 NEW = ["pickscore", "clip_score", "aesthetic", "jpeg_compressibility", "jpeg_incompressibility", "imagereward",
        "hpsv2", "ocr"]
@@ -25,30 +27,11 @@ SIDE = 32  # the tiny CLIP's input size
 PROMPTS = ["a red cat", "a photo of a dog", "a red cat", "an old tree"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread in this module (restored afterwards for the rest of the session)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _ctx(tmp_path):
     return RewardContext(cache_dir=tmp_path, device=torch.device("cpu"))
-
-
-def _tiny_tokenizer():
-    from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import CLIPTokenizer
-
-    chars = sorted(ByteLevel.alphabet())
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    merges: list[tuple[str, str]] = []  # char-level: no merges (they would have to be tuples)
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +39,7 @@ def tiny_clip(tmp_path_factory):
     """(directory, model) of a tiny random CLIP + its tokenizer, saved with save_pretrained."""
     from transformers import CLIPConfig, CLIPModel
 
-    tok = _tiny_tokenizer()
+    tok = tiny_clip_tokenizer()
     cfg = CLIPConfig(
         text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=2, max_position_embeddings=77, bos_token_id=tok.bos_token_id,
@@ -111,7 +94,7 @@ def test_registry_names_resolve():
 def test_import_loads_no_model_library():
     import subprocess
 
-    code = ("import sys, grpo_guard.rewards.clip_rewards, grpo_guard.rewards.optional, grpo_guard.rewards.jpeg; "
+    code = ("import sys, grpo_guard.rewards.clip_rewards, grpo_guard.rewards.ocr, grpo_guard.rewards.hpsv2, grpo_guard.rewards.imagereward, grpo_guard.rewards.jpeg; "
             "print([m for m in ('transformers', 'ImageReward', 'hpsv2', 'paddleocr') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -311,69 +294,12 @@ def test_jpeg_quality_checked(tmp_path):
 # ---------------------------------------------------------------------------------------------- optional
 
 
-@pytest.mark.parametrize("name, module, install", [
-    ("imagereward", "ImageReward", "pip install image-reward"),
-    ("hpsv2", "hpsv2", "pip install hpsv2"),
-    ("ocr", "paddleocr", "pip install paddleocr paddlepaddle"),
-])
-def test_optional_package_missing_one_line(name, module, install, tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+def test_ocr_engine_missing_one_line(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "paddleocr", None)  # as if not installed
     with pytest.raises(RewardUnavailable) as e:
-        build_reward(name, {}, _ctx(tmp_path))
+        build_reward("ocr", {}, _ctx(tmp_path))
     msg = _one_line(e)
-    assert install in msg and name in msg
-
-
-def test_imagereward_weights_missing_one_line(tmp_path, monkeypatch):
-    fake = types.ModuleType("ImageReward")
-
-    def load(name, device="cpu", download_root=None):
-        raise OSError("We couldn't connect to 'https://huggingface.co'.\nCheck your connection.")
-
-    fake.load = load
-    monkeypatch.setitem(sys.modules, "ImageReward", fake)
-    with pytest.raises(RewardUnavailable, match="THUDM/ImageReward") as e:
-        build_reward("imagereward", {}, _ctx(tmp_path))
-    _one_line(e)
-    with pytest.raises(RewardUnavailable, match="ImageReward.pt"):
-        build_reward("imagereward", {"model": str(tmp_path / "missing.pt")}, _ctx(tmp_path))
-
-
-def test_hpsv2_plumbing_with_stand_in_open_clip(tmp_path, monkeypatch):
-    """The hpsv2 package's OpenCLIP replaced by a tiny stand-in: checkpoint loading (weights_only)
-    and the cosine score. Says nothing about the real HPSv2 weights."""
-
-    class TinyOpenClip(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.visual = torch.nn.Linear(3, 8)
-            self.text = torch.nn.Embedding(10, 8)
-
-        def encode_image(self, x):
-            return self.visual(x.mean((2, 3)))
-
-        def encode_text(self, tokens):
-            return self.text(tokens).mean(1)
-
-    oc = types.ModuleType("hpsv2.src.open_clip")
-    oc.create_model_and_transforms = lambda *a, **k: (TinyOpenClip(), None, None)
-    oc.get_tokenizer = lambda name: (lambda texts: torch.tensor([[len(t) % 10, 1] for t in texts]))
-    for mod in ("hpsv2", "hpsv2.src"):
-        monkeypatch.setitem(sys.modules, mod, types.ModuleType(mod))
-    monkeypatch.setitem(sys.modules, "hpsv2.src.open_clip", oc)
-
-    with pytest.raises(RewardUnavailable, match="does not exist") as e:
-        build_reward("hpsv2", {"checkpoint": str(tmp_path / "none.pt")}, _ctx(tmp_path))
-    _one_line(e)
-    torch.manual_seed(0)
-    ref = TinyOpenClip()
-    torch.save({"state_dict": ref.state_dict()}, tmp_path / "hps.pt")
-    r = build_reward("hpsv2", {"checkpoint": str(tmp_path / "hps.pt"), "batch_size": 3}, _ctx(tmp_path))
-    images = _smooth(seed=6, side=224)
-    with torch.no_grad():
-        img = torch.nn.functional.normalize(ref.encode_image(clip_preprocess(images, 224)), dim=-1)
-        txt = torch.nn.functional.normalize(ref.encode_text(oc.get_tokenizer("")(PROMPTS)), dim=-1)
-    torch.testing.assert_close(r(images, PROMPTS, [{}] * 4), (img * txt).sum(-1), atol=1e-5, rtol=1e-4)
+    assert "pip install paddleocr paddlepaddle" in msg and "ocr" in msg
 
 
 def test_ocr_rule_and_stand_in_engine(tmp_path):

@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from grpo_guard.backbones import BackboneContext, build_backbone
-from grpo_guard.core import flow_sigmas
 from grpo_guard.rewards import RewardContext, build_evaluator, build_reward
 from grpo_guard.world.spectral import dct_matrix, image_to_modes, make_spectral_world, modes_to_image
 

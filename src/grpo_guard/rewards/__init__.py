@@ -17,9 +17,9 @@ REWARDS: dict[str, str] = {
     "aesthetic": "grpo_guard.rewards.clip_rewards:make_aesthetic",
     "jpeg_compressibility": "grpo_guard.rewards.jpeg:make_jpeg_compressibility",
     "jpeg_incompressibility": "grpo_guard.rewards.jpeg:make_jpeg_incompressibility",
-    "imagereward": "grpo_guard.rewards.optional:make_imagereward",
-    "hpsv2": "grpo_guard.rewards.optional:make_hpsv2",
-    "ocr": "grpo_guard.rewards.optional:make_ocr",
+    "imagereward": "grpo_guard.rewards.imagereward:make_imagereward",
+    "hpsv2": "grpo_guard.rewards.hpsv2:make_hpsv2",
+    "ocr": "grpo_guard.rewards.ocr:make_ocr",
 }
 
 #: evaluator name -> "module:constructor"; constructor(params: dict, ctx: RewardContext) -> Evaluator

@@ -143,6 +143,43 @@ def load_pretrained(loader: Callable, ref: str | os.PathLike, *, reward: str, ke
                                 f"with network) or set params.{key} to a local directory") from None
 
 
+def resolve_checkpoint(reward: str, checkpoint, repo: str, filename: str, cache_dir=None) -> Path:
+    """The local path of a one-file checkpoint: ``params.checkpoint`` when given, else ``filename`` of the
+    hub repo ``repo`` (from the Hugging Face cache, downloaded if needed). One-line
+    :class:`RewardUnavailable` when it is not there."""
+    if checkpoint is None:
+        from huggingface_hub import hf_hub_download
+
+        try:
+            checkpoint = hf_hub_download(repo, filename, cache_dir=str(Path(cache_dir).expanduser()) if cache_dir else None)
+        except Exception as e:  # noqa: BLE001
+            raise RewardUnavailable(f"rewards: {reward}: checkpoint {repo}/{filename} is not available "
+                                    f"({_first_line(e, 120)}); download it (`hf download {repo} {filename}`, with "
+                                    f"network) or set params.checkpoint to the local file") from None
+    path = Path(str(checkpoint)).expanduser()
+    if not path.is_file():
+        raise RewardUnavailable(f"rewards: {reward}: params.checkpoint: {str(path)!r} does not exist; download "
+                                f"{filename} from the hub repo {repo}")
+    return path
+
+
+def check_heads(what: str, heads: int, width: int) -> None:
+    """Attention heads must divide the width (they are not stored in checkpoints, so they are params)."""
+    if heads < 1 or width % heads:
+        raise ValueError(f"{what}_heads: {heads} does not divide the {what} width {width}")
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
+    """The state dict in a ``.pt`` checkpoint (``{"state_dict": ...}`` or a bare state dict), read with
+    ``weights_only=True`` (no pickled code runs)."""
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise ValueError("the file holds no state dict of tensors")
+    return state
+
+
 # ----------------------------------------------------------------------------------------------
 # preprocessing
 

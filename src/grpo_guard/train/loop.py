@@ -251,7 +251,6 @@ def _train(cfg: RunConfig, out: Path, resume: bool, accelerator, rank: int, worl
                disable=not (is_main and cfg.log.progress), dynamic_ncols=True)
     preflight_pending = True
     last_grid = state.epoch  # image grids are saved at the first evaluation >= image_every epochs after the last
-    last_row: dict = {}
     for epoch in bar:
         t_epoch = time.perf_counter()
         # 1. prompts and ownership: global sample i has prompt i // G; rank r owns positions r, r + world, ...
@@ -260,7 +259,6 @@ def _train(cfg: RunConfig, out: Path, resume: bool, accelerator, rank: int, worl
         perm = torch.randperm(batch, generator=derive_generator(cfg.seed, "minibatch", epoch))
         local_global = perm[rank::world]
         local_prompts = [epoch_prompts[int(i) // s.group_size] for i in local_global]
-        group_ids = local_global // s.group_size
 
         # 2. rollout
         t0 = time.perf_counter()
@@ -418,7 +416,6 @@ def _train(cfg: RunConfig, out: Path, resume: bool, accelerator, rank: int, worl
                                        f"{_intact_note(out)}") from None
         if event.new_best and cfg.monitor.enabled and is_main:
             _save_best(out, backbone, ema, row)
-        last_row = row
         bar.set_postfix_str(_postfix(row))
         due = cfg.log.checkpoint_every and (epoch + 1) % cfg.log.checkpoint_every == 0
         hacking_stop = event.hacking and cfg.monitor.stop_on_hacking

@@ -1,0 +1,175 @@
+"""The OCR reward, which needs an optional third-party OCR engine.
+
+The engine is imported when the reward is built, never at import time; a missing package or missing
+weights raise one line (:class:`RewardUnavailable`, a ``ValueError``) saying what to install or
+download. PaddleOCR (the default engine, as in Flow-GRPO) was NOT run here (it needs ``paddlepaddle``);
+what is tested is the error path and the scoring rule with a stand-in OCR engine. (ImageReward and
+HPSv2 run on transformers alone: ``rewards/imagereward.py`` and ``rewards/hpsv2.py``.)
+
+* ``ocr``: Flow-GRPO's OCR reward: the text between the first pair of double quotes in the prompt is
+  compared with the text the OCR engine reads (spaces removed, lower-cased): 1 if it is contained,
+  else ``1 - min(levenshtein, len(target)) / len(target)``; in [0, 1].
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from .base import RewardContext
+from .clip_rewards import Params, RewardUnavailable, _check_inputs, _first_line
+
+__all__ = ["RewardUnavailable", "require", "make_ocr", "OcrReward", "levenshtein", "ocr_text_reward", "quoted_text"]
+
+
+
+def require(module: str, reward: str, install: str) -> Any:
+    """Import ``module`` or raise a one-line :class:`RewardUnavailable` saying ``pip install {install}``."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        top = module.split(".")[0]
+        if (e.name or "").split(".")[0] == top:
+            raise RewardUnavailable(f"rewards: {reward}: needs the optional package {install.split()[0]!r}, which "
+                                    f"is not installed: pip install {install}") from None
+        raise RewardUnavailable(f"rewards: {reward}: importing {module!r} failed: a dependency is missing "
+                                f"({_first_line(e)}); pip install {install}") from None
+    except Exception as e:  # noqa: BLE001 - a broken install (e.g. a torchvision built for another torch)
+        raise RewardUnavailable(f"rewards: {reward}: importing {module!r} failed ({type(e).__name__}: "
+                                f"{_first_line(e)}); reinstall it beside this torch: pip install {install}") from None
+
+
+def _batches(n: int, size: int):
+    for i in range(0, n, size):
+        yield slice(i, min(i + size, n))
+
+
+# ----------------------------------------------------------------------------------------------
+# OCR
+
+
+def levenshtein(a: str, b: str) -> int:
+    """Edit distance (insertions, deletions, substitutions of one character, each cost 1)."""
+    if len(a) < len(b):
+        a, b = b, a
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def ocr_text_reward(recognized: str, target: str) -> float:
+    """Flow-GRPO's OCR reward: spaces removed and lower-cased, 1 if ``target`` occurs in ``recognized``,
+    else ``1 - min(levenshtein, len(target)) / len(target)`` (0 for an empty target)."""
+    rec = "".join(recognized.split()).lower()
+    tgt = "".join(target.split()).lower()
+    if not tgt:
+        return 0.0
+    if tgt in rec:
+        return 1.0
+    return 1.0 - min(levenshtein(rec, tgt), len(tgt)) / len(tgt)
+
+
+def quoted_text(prompt: str) -> str:
+    """The text between the first pair of double quotes (Flow-GRPO's OCR prompts: ``... "TEXT" ...``)."""
+    parts = prompt.split('"')
+    if len(parts) < 3:
+        raise ValueError(f"ocr: prompt {prompt[:80]!r} has no quoted text to render (use params.target)")
+    return parts[1]
+
+
+def _paddle_engine(lang: str) -> Callable:
+    """PaddleOCR (2.x ``.ocr`` or 3.x ``.predict``) as ``uint8 (H, W, 3) RGB array -> [(text, confidence)]``."""
+    mod = require("paddleocr", "ocr", "paddleocr paddlepaddle")
+    try:
+        if hasattr(mod.PaddleOCR, "predict"):  # 3.x
+            ocr = mod.PaddleOCR(lang=lang, use_doc_orientation_classify=False, use_doc_unwarping=False,
+                                use_textline_orientation=False)
+        else:
+            ocr = mod.PaddleOCR(use_angle_cls=False, lang=lang, show_log=False)
+    except Exception as e:  # noqa: BLE001 - usually its model download failing offline
+        raise RewardUnavailable(f"rewards: ocr: PaddleOCR could not load its models ({type(e).__name__}: "
+                                f"{_first_line(e, 120)}); run it once with network access so that it downloads "
+                                f"them, or set params.engine to another 'module:function'") from None
+
+    def read(rgb) -> list[tuple[str, float]]:
+        bgr = rgb[..., ::-1].copy()  # PaddleOCR takes OpenCV (BGR) arrays
+        if hasattr(ocr, "predict"):
+            found = []
+            for res in ocr.predict(bgr):
+                found += list(zip(res["rec_texts"], (float(c) for c in res["rec_scores"])))
+            return found
+        result = ocr.ocr(bgr, cls=False)
+        lines = (result[0] if result else None) or []
+        return [(line[1][0], float(line[1][1])) for line in lines]
+
+    return read
+
+
+class OcrReward:
+    name = "ocr"
+
+    def __init__(self, engine: Callable, target: str, min_confidence: float):
+        self.engine, self.target, self.min_confidence = engine, target, min_confidence
+
+    def _target(self, prompt: str, meta: dict) -> str:
+        if self.target == "quoted":
+            return quoted_text(prompt)
+        if self.target == "prompt":
+            return prompt
+        key = self.target.split(":", 1)[1]
+        if key not in meta:
+            raise ValueError(f"ocr: metadata has no key {key!r} (params.target = {self.target!r})")
+        return str(meta[key])
+
+    @torch.no_grad()
+    def __call__(self, images: Tensor, prompts: list[str], metadata: list[dict] | None = None) -> Tensor:
+        prompts = _check_inputs(self.name, images, prompts)
+        metadata = list(metadata) if metadata is not None else [{} for _ in prompts]
+        rgb = (images.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
+        rgb = rgb.expand(-1, 3, -1, -1) if rgb.shape[1] == 1 else rgb
+        out = []
+        for img, prompt, meta in zip(rgb, prompts, metadata):
+            found = self.engine(img.permute(1, 2, 0).contiguous().numpy())
+            text = "".join(t for t, c in found if c > self.min_confidence)
+            out.append(ocr_text_reward(text, self._target(prompt, meta)))
+        return torch.tensor(out, dtype=torch.float32)
+
+
+def make_ocr(params: dict, ctx: RewardContext) -> OcrReward:
+    """OCR accuracy of the rendered text (Flow-GRPO's text-rendering reward), in [0, 1].
+
+    ``engine``: ``paddleocr`` (default; ``pip install paddleocr paddlepaddle``), a ``module:function``
+    path or a callable; either way a factory ``f(lang) -> read`` or, for a callable given directly, the
+    ``read`` function itself, where ``read(uint8 (H, W, 3) RGB array) -> [(text, confidence), ...]``.
+    ``target``: ``quoted`` (default: the first "..." of the prompt), ``prompt`` (the whole prompt) or
+    ``metadata:KEY``. Texts with confidence <= ``min_confidence`` (default 0) are ignored."""
+    p = Params("ocr", params)
+    engine = p.get("engine", "paddleocr")
+    lang = p.get("lang", "en")
+    target = p.get("target", "quoted")
+    min_confidence = p.number("min_confidence", 0.0)
+    p.done()
+    if not (target in ("quoted", "prompt") or (isinstance(target, str) and target.startswith("metadata:")
+                                                and len(target) > len("metadata:"))):
+        raise p.error("target", f"expected 'quoted', 'prompt' or 'metadata:KEY', got {target!r}")
+    if callable(engine):
+        read = engine
+    elif engine == "paddleocr":
+        read = _paddle_engine(lang)
+    elif isinstance(engine, str) and ":" in engine:
+        module, attr = engine.split(":", 1)
+        try:
+            factory = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise p.error("engine", f"cannot import {engine!r} ({_first_line(e)})") from None
+        read = factory(lang)
+    else:
+        raise p.error("engine", f"expected 'paddleocr', a 'module:function' path or a callable, got {engine!r}")
+    return OcrReward(read, target, min_confidence)
