@@ -1,0 +1,39 @@
+"""In-situ overhead of one ``grpo-guard bench`` setting over more epochs than the full bench runs.
+
+    python benchmarks/insitu_overhead.py toy-mlp-8px [--epochs 40] [--set KEY=VALUE ...]
+
+Runs the bench's own measurement child (a real ``train()`` with the network clock installed) for one
+setting and prints the medians: epoch, rollout, reward, update and network seconds and the in-situ
+overhead (epoch / network). The tiny-SD3 settings need ``runs/bench/tiny_sd3`` (made by a full bench
+run) or ``--out`` pointing at one.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from grpo_guard.bench import PROMPTS, SETTINGS, _run_child, make_spec
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("setting", choices=list(SETTINGS))
+    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--out", type=Path, default=Path("runs/bench"), help="where bench keeps its tiny SD3 pipeline")
+    ap.add_argument("--set", action="append", default=[], help="extra config overrides")
+    a = ap.parse_args()
+    a.out.mkdir(parents=True, exist_ok=True)
+    prompts = a.out / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    config, overrides = SETTINGS[a.setting]
+    spec = make_spec(a.setting, config, overrides, tiny=a.out / "tiny_sd3", prompts=prompts, epochs=a.epochs,
+                     user_overrides=a.set)
+    r = _run_child(spec)
+    print(f"{a.setting}, {r['epochs']} epochs (medians after the first): "
+          + ", ".join(f"{k} {r[k]:.4f}" for k in ("epoch_s", "rollout_s", "reward_s", "update_s", "network_s"))
+          + f"; in-situ overhead {r['insitu_overhead']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
