@@ -100,6 +100,9 @@ class TrainConfig:
     grad_norm_every: int = 1  # measure per-step gradient norms every N epochs (0: never)
     grad_norm_samples: int = 8  # samples used for that measurement
     max_bad_batches: int = 5  # stop after this many consecutive skipped batches (bad rewards)
+    # shard the backbone's transformer (frozen and trainable weights, gradients, optimizer state) over
+    # the processes with torch FSDP2 (fully_shard); needs a multi-process launch, no effect with one
+    fsdp: bool = False
 
 
 @dataclass

@@ -139,16 +139,31 @@ class Backbone(nn.Module):
         raise NotImplementedError
 
     def trainable_state_dict(self) -> dict[str, Tensor]:
-        """The trainable weights only (what a checkpoint or a LoRA export holds)."""
+        """The trainable weights only (what a checkpoint or a LoRA export holds), as whole tensors. With
+        sharded weights (``train.fsdp``) this gathers them: every process must call it."""
+        from ..sharding import full_tensor
+
         names = {id(p) for p in self.trainable_parameters()}
-        return {k: v.detach().clone() for k, v in self.named_parameters() if id(v) in names}
+        return {k: full_tensor(v) for k, v in self.named_parameters() if id(v) in names}
 
     def load_trainable_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Load whole tensors (from :meth:`trainable_state_dict`) into the trainable weights, sliced into
+        this process's shard when they are sharded."""
+        from ..sharding import shard_like
+
         params = dict(self.named_parameters())
-        missing = [k for k in self.trainable_state_dict() if k not in state]
+        names = {id(p) for p in self.trainable_parameters()}
+        missing = [k for k, v in params.items() if id(v) in names and k not in state]
         unknown = [k for k in state if k not in params]
         if missing or unknown:
             raise ValueError(f"state: missing keys {missing[:5]}, unknown keys {unknown[:5]}")
         with torch.no_grad():
             for k, v in state.items():
-                params[k].copy_(v)
+                params[k].copy_(shard_like(v, params[k]))
+
+    # -- sharding ----------------------------------------------------------------------------------
+    def fsdp_units(self) -> list[nn.Module]:
+        """The modules ``train.fsdp`` shards, inner ones first (e.g. each transformer block, then the
+        transformer). Each must be called through its own ``forward``; modules used by calling their
+        submodules directly (text encoders, a VAE's decoder) must not be listed."""
+        raise NotImplementedError(f"backbone {type(self).__name__} does not support train.fsdp")

@@ -175,17 +175,34 @@ class DiffusersBackbone(Backbone):
         return [p for p in self.transformer.parameters() if p.requires_grad]
 
     def trainable_state_dict(self) -> dict[str, Tensor]:
-        return {k: v.detach().clone() for k, v in self.transformer.named_parameters() if v.requires_grad}
+        """Trainable transformer weights, whole (gathered from every process when sharded: collective)."""
+        from ..sharding import full_tensor
+
+        return {k: full_tensor(v) for k, v in self.transformer.named_parameters() if v.requires_grad}
 
     def load_trainable_state_dict(self, state: dict[str, Tensor]) -> None:
+        from ..sharding import shard_like
+
         params = dict(self.transformer.named_parameters())
-        expected = set(self.trainable_state_dict())
+        expected = {k for k, v in params.items() if v.requires_grad}
         missing, unknown = sorted(expected - set(state)), sorted(set(state) - expected)
         if missing or unknown:
             raise ValueError(f"state: missing keys {missing[:5]}, unknown keys {unknown[:5]}")
         with torch.no_grad():
             for k, v in state.items():
-                params[k].copy_(v)
+                params[k].copy_(shard_like(v, params[k]))
+
+    def fsdp_units(self) -> list[nn.Module]:
+        """Each block of the transformer (``transformer_blocks``, and Flux's ``single_transformer_blocks``),
+        then the transformer; the same for the frozen copy of a full fine-tune."""
+        units: list[nn.Module] = []
+        for tr in (self.transformer, self.reference_transformer):
+            if tr is None:
+                continue
+            for name in ("transformer_blocks", "single_transformer_blocks"):
+                units += list(getattr(tr, name, []))
+            units.append(tr)
+        return units
 
     def train(self, mode: bool = True) -> DiffusersBackbone:
         """Only the transformer follows ``mode`` (encoders, VAE and reference stay in eval)."""

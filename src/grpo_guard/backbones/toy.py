@@ -147,6 +147,10 @@ class ToyBackbone(Backbone):
             self.reference_net.eval()
         return self
 
+    def fsdp_units(self) -> list[nn.Module]:
+        """The velocity net (and its frozen copy, if any), each as one unit."""
+        return [m for m in (self.net, self.reference_net) if m is not None]
+
     @contextmanager
     def reference(self) -> Iterator[None]:
         """``forward`` is the frozen base model inside: LoRA adapters disabled, or the frozen copy."""

@@ -27,14 +27,19 @@ class EMA:
             s.lerp_(p.detach(), 1 - self.decay)
 
     def state_dict(self) -> dict[str, Tensor]:
-        return {str(i): s for i, s in enumerate(self.shadow)}
+        """The shadow weights, whole (gathered when sharded: every process must call it)."""
+        from ..sharding import full_tensor
+
+        return {str(i): full_tensor(s) for i, s in enumerate(self.shadow)}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        from ..sharding import shard_like
+
         if len(state) != len(self.shadow):
             raise ValueError(f"state: expected {len(self.shadow)} EMA tensors, got {len(state)}")
         with torch.no_grad():
             for i, s in enumerate(self.shadow):
-                s.copy_(state[str(i)])
+                s.copy_(shard_like(state[str(i)], s))
 
     @contextmanager
     def applied(self) -> Iterator[None]:

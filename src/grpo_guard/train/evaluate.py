@@ -36,6 +36,8 @@ def evaluate_policy(backbone, cfg: RunConfig, all_prompts: list[str], rewards: d
     world = accelerator.num_processes if accelerator is not None else 1
     eval_prompts = [p for p in all_prompts for _ in range(cfg.eval.samples_per_prompt)]
     local = list(range(rank, len(eval_prompts), world))
+    if world > 1:  # equal shares, padded with copies: every process makes the same model calls (sharded
+        local += [local[0]] * (math.ceil(len(eval_prompts) / world) - len(local))  # weights need it)
     sigmas = backbone.sigmas(s.num_steps, s.shift)
     sde_steps = list(range(*s.sde_window)) if s.sde_window else list(range(s.num_steps))
     cond = backbone.encode_unique_prompts([eval_prompts[i] for i in local])
@@ -44,10 +46,8 @@ def evaluate_policy(backbone, cfg: RunConfig, all_prompts: list[str], rewards: d
     traj = rollout(velocity, cond, noise, sigmas, [], sde_steps=sde_steps, noise_level=s.noise_level,
                    sde_type=s.sde_type, batch_size=s.batch_size, device=device)
     images = backbone.decode(traj.final).float()
-    if world > 1:  # equal shares (pad with copies), gather, put back in sample order
-        per = math.ceil(len(eval_prompts) / world)
-        idx = torch.tensor(local + [local[0]] * (per - len(local)), device=images.device)
-        images = torch.cat([images, images[:1].repeat(per - len(local), *([1] * (images.ndim - 1)))])
+    if world > 1:  # gather, put back in sample order (the first copy of each sample)
+        idx = torch.tensor(local, device=images.device)
         idx, images = accelerator.gather(idx), accelerator.gather(images.contiguous())
         order = torch.full((len(eval_prompts),), -1, dtype=torch.long)
         for j, i in enumerate(idx.tolist()):

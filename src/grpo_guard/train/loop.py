@@ -34,6 +34,7 @@ from ..core import group_advantages, per_step_ratio_stats, spread
 from ..prompts import draw_epoch_prompts, load_prompts
 from ..rewards import RewardContext, build_evaluator, build_reward, weighted_sum
 from ..seeding import derive_generator
+from ..sharding import any_sharded, full_optimizer_state, load_optimizer_state, shard_modules
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .ema import EMA
 from .evaluate import EvaluationRewardError, evaluate_policy, normalise_gold
@@ -178,6 +179,15 @@ def _train(cfg: RunConfig, out: Path, resume: bool, accelerator, rank: int, worl
     # -- components --------------------------------------------------------------------------------
     backbone = build_backbone(cfg.backbone.name, cfg.backbone.params,
                               BackboneContext(cache_dir, device, cfg.seed, verbose=is_main)).to(device)
+    sharded = t.fsdp and world > 1
+    if sharded:  # FSDP2: each process keeps a slice of the transformer's weights (grpo_guard/sharding.py)
+        try:
+            units = backbone.fsdp_units()
+        except NotImplementedError as e:
+            raise ValueError(f"train.fsdp: {e}") from None
+        shard_modules(units, world, device)
+    elif t.fsdp and is_main:
+        log("train.fsdp: one process, nothing to shard (launch several with accelerate launch or torchrun)")
     image_size = getattr(backbone, "image_size", None)
     rctx = RewardContext(cache_dir, device, cfg.seed, image_size, verbose=is_main and cfg.log.progress)
     rewards = {spec.name: build_reward(spec.name, spec.params, rctx) for spec in cfg.rewards}
@@ -193,7 +203,10 @@ def _train(cfg: RunConfig, out: Path, resume: bool, accelerator, rank: int, worl
         raise ValueError("backbone: has no trainable parameters")
     optimizer = build_optimizer(params, t)
     ema = EMA(params, t.ema_decay) if t.ema_decay > 0 else None
-    model, optimizer = accelerator.prepare(backbone, optimizer)
+    if sharded:  # FSDP2 reduce-scatters the gradients itself: no DDP wrapper around the backbone
+        model, optimizer = backbone, accelerator.prepare(optimizer)
+    else:
+        model, optimizer = accelerator.prepare(backbone, optimizer)
     metrics = MetricsLog(out / "metrics.jsonl")
     monitor = OveroptimizationMonitor(cfg.monitor)
 
@@ -208,7 +221,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, accelerator, rank: int, worl
         else:
             loaded = load_checkpoint(ckpt)
             backbone.load_trainable_state_dict(loaded["trainable"])
-            optimizer.load_state_dict(loaded["optimizer"])
+            load_optimizer_state(optimizer, loaded["optimizer"])
             if ema is not None and loaded["ema"] is not None:
                 ema.load_state_dict(loaded["ema"])
             state = RunState(**loaded["state"])
@@ -414,8 +427,8 @@ def _train(cfg: RunConfig, out: Path, resume: bool, accelerator, rank: int, worl
             except OSError as e:
                 raise OutputWriteError(f"could not write {metrics.path} ({e.strerror or e}); "
                                        f"{_intact_note(out)}") from None
-        if event.new_best and cfg.monitor.enabled and is_main:
-            _save_best(out, backbone, ema, row)
+        if event.new_best and cfg.monitor.enabled and (is_main or sharded):  # sharded: all processes gather
+            _save_best(out, backbone, ema, row, write=is_main)
         bar.set_postfix_str(_postfix(row))
         due = cfg.log.checkpoint_every and (epoch + 1) % cfg.log.checkpoint_every == 0
         hacking_stop = event.hacking and cfg.monitor.stop_on_hacking
@@ -457,13 +470,15 @@ def _postfix(row: dict) -> str:
 
 def _checkpoint(out, epoch, backbone, optimizer, ema, state, monitor, cfg, is_main, accelerator) -> None:
     state.monitor = monitor.state_dict()
+    if is_main or any_sharded(backbone.trainable_parameters()):  # sharded weights: every process gathers
+        trainable, opt_state = backbone.trainable_state_dict(), full_optimizer_state(optimizer)
+        ema_state = ema.state_dict() if ema is not None else None
     if is_main:
         MetricsLog(out / "metrics.jsonl").sync()  # the rows up to this checkpoint are durable before it is
         st = {k: v for k, v in state.__dict__.items()}
         st["epoch"] = epoch
         try:
-            save_checkpoint(out, epoch, trainable=backbone.trainable_state_dict(), optimizer=optimizer.state_dict(),
-                            ema=ema.state_dict() if ema is not None else None,
+            save_checkpoint(out, epoch, trainable=trainable, optimizer=opt_state, ema=ema_state,
                             state={k: v for k, v in st.items() if k != "epoch"}, keep=cfg.log.keep_checkpoints)
         except OSError as e:
             raise OutputWriteError(f"could not write the checkpoint of epoch {epoch} in {out / 'checkpoints'} "
@@ -479,16 +494,18 @@ def _intact_note(out: Path) -> str:
             else "no checkpoint had been written yet")
 
 
-def _save_best(out: Path, backbone, ema, row: dict) -> None:
-    """Keep the best-gold weights (EMA weights when EMA is on) in ``best/``."""
+def _save_best(out: Path, backbone, ema, row: dict, write: bool = True) -> None:
+    """Keep the best-gold weights (EMA weights when EMA is on) in ``best/``. Sharded weights are gathered
+    first: then every process calls this and only the one with ``write`` saves."""
     from safetensors.torch import save_file
 
-    best = out / "best"
-    best.mkdir(exist_ok=True)
     tensors = backbone.trainable_state_dict()
     if ema is not None:
-        names = list(tensors)
-        tensors = {n: s.detach().cpu().clone() for n, s in zip(names, ema.shadow)}
+        tensors = dict(zip(tensors, ema.state_dict().values()))
+    if not write:
+        return
+    best = out / "best"
+    best.mkdir(exist_ok=True)
     tmp = best / ".trainable.tmp.safetensors"
     save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, tmp)
     os.replace(tmp, best / "trainable.safetensors")

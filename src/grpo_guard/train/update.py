@@ -28,6 +28,7 @@ from torch import Tensor
 from ..backbones.base import Backbone, Conditioning
 from ..config import LossConfig, TrainConfig
 from ..core import grad_norm, policy_loss, sde_step
+from ..sharding import any_sharded, full_tensor, is_sharded
 from .faults import fault_point
 from .rollout import Trajectory
 
@@ -52,8 +53,9 @@ _SCALARS = ("loss", "policy_loss", "kl", "clip_frac", "clip_frac_high", "clip_fr
 def build_optimizer(params: Sequence[torch.nn.Parameter], t: TrainConfig) -> torch.optim.AdamW:
     """AdamW over ``params`` with ``train``'s lr, betas, eps and weight decay. The fused kernel (one
     call for all parameters) is used where torch has it (CPU, CUDA: 4x faster than the per-parameter
-    loop for the LoRA tensors of the toy world on CPU); it computes the same update."""
-    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    loop for the LoRA tensors of the toy world on CPU); it computes the same update. Sharded parameters
+    (``train.fsdp``) take the default implementation (the fused kernel rejects their mixed state)."""
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params) and not any_sharded(params)
     return torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.adam_betas), eps=t.adam_eps,
                              weight_decay=t.weight_decay, fused=fused or None)
 
@@ -247,7 +249,8 @@ def update_policy(
                     if not worst <= s.preflight_tol:
                         optimizer.zero_grad(set_to_none=True)
                         raise PreflightError(PREFLIGHT_HELP.format(value=worst, tol=s.preflight_tol))
-            total = float(accelerator.clip_grad_norm_(trainable, s.max_grad_norm))
+            total = accelerator.clip_grad_norm_(trainable, s.max_grad_norm)
+            total = float(full_tensor(total) if is_sharded(total) else total)  # sharded grads give a DTensor
             result.grad_norm_total.append(total)
             result.num_updates += 1
             if math.isfinite(total):
@@ -276,11 +279,22 @@ def measure_step_grad_norms(
 ) -> list[float]:
     """Gradient norm of each trained step's loss w.r.t. the trainable parameters (on-policy, current
     weights), on local samples ``idx``; uses ``torch.autograd.grad`` on the unwrapped backbone so that
-    ``.grad`` and DDP are untouched."""
+    ``.grad`` and DDP are untouched. With sharded weights (``train.fsdp``; ``autograd.grad`` does not
+    reach FSDP2's sharded parameters) each step's loss is back-propagated instead and the norm read from
+    ``.grad``, which FSDP2 has averaged over the processes (every process must call this); the gradients
+    are cleared after each step, so call it while ``.grad`` is empty (before the update)."""
     velocity_fn, reference_fn = _velocity_fns(backbone, backbone, settings)
     params = backbone.trainable_parameters()
+    sharded = any_sharded(params)
     norms = []
     for j in range(traj.step_indices.numel()):
         loss, _ = _entry_loss(velocity_fn, traj, idx, j, cond, advantages, settings, reference_fn)
-        norms.append(float(grad_norm(loss, params, retain_graph=False)))
+        if not sharded:
+            norms.append(float(grad_norm(loss, params, retain_graph=False)))
+            continue
+        loss.backward()
+        total = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        norms.append(float(full_tensor(total) if is_sharded(total) else total))
+        for p in params:
+            p.grad = None
     return norms
