@@ -10,14 +10,14 @@ SCRIPT = textwrap.dedent('''
     import torch, torch.distributed as dist
     from torch import nn
     from grpo_guard.sharding import (any_sharded, full_optimizer_state, full_tensor, is_sharded,
-                                     load_optimizer_state, shard_like, shard_modules)
+                                     load_optimizer_state, reshard, shard_like, shard_modules)
 
     s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
     plain = [p.detach().clone() for p in net.parameters()]
-    shard_modules([net[0], net[2], net], 1, torch.device("cpu"))
+    shard_modules([net[0], net], 1, torch.device("cpu"))  # net[2]'s weights belong to the root
     params = list(net.parameters())
     assert all(is_sharded(p) for p in params) and any_sharded(params)
     assert all(torch.equal(full_tensor(p), q) for p, q in zip(params, plain))
@@ -41,6 +41,14 @@ SCRIPT = textwrap.dedent('''
         assert is_sharded(fresh.state[p]["exp_avg"]) and is_sharded(fresh.state[p]["exp_avg_sq"])
     again = full_optimizer_state(fresh)
     assert all(torch.equal(again["state"][i][k], full["state"][i][k]) for i in full["state"] for k in full["state"][i])
+    # FSDP2 keeps a root module's whole weights registered after a forward without gradient; reshard()
+    # registers the slices again (the loop relies on it before reading or swapping weights)
+    with torch.no_grad():
+        net(torch.randn(3, 4))
+    assert not any_sharded(net[2].parameters()) and all(is_sharded(p) for p in net[0].parameters())
+    reshard(net)
+    assert all(is_sharded(p) for p in net.parameters())
+    assert all(a is b for a, b in zip(net.parameters(), params))  # the optimizer's parameters again
     # shard_like puts a whole tensor into a parameter's layout
     w = torch.randn(8, 4)
     with torch.no_grad():

@@ -6,6 +6,11 @@ every weight of those modules, frozen or trainable, becomes a ``DTensor`` of whi
 one slice, gathered for each block's forward and freed after it; gradients are reduce-scattered
 (averaged over the processes, as DDP does). Text encoders and the VAE stay whole on every process.
 
+FSDP2 does not reshard its root modules after a forward (it expects the backward to follow), so after
+a forward without gradient (sampling, evaluation) they would keep their whole weights registered,
+stale once the optimizer updates the slices. :func:`reshard` puts every sharded module back into its
+sharded state; the loop calls it after each such forward.
+
 Whatever leaves a process (checkpoints, the best-gold weights, EMA and optimizer state) is gathered
 into whole tensors first (:func:`full_tensor`, a collective: every process must call it, in the same
 order), so a checkpoint of a sharded run is the same file as an unsharded one and loads into either;
@@ -19,8 +24,8 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["is_sharded", "full_tensor", "shard_like", "shard_modules", "any_sharded", "full_optimizer_state",
-           "load_optimizer_state"]
+__all__ = ["is_sharded", "full_tensor", "shard_like", "shard_modules", "reshard", "any_sharded",
+           "full_optimizer_state", "load_optimizer_state"]
 
 
 def is_sharded(t) -> bool:
@@ -62,6 +67,16 @@ def shard_modules(units: Sequence[nn.Module], world: int, device: torch.device) 
     mesh = init_device_mesh(device.type, (world,))
     for unit in units:
         fully_shard(unit, mesh=mesh)
+
+
+def reshard(module: nn.Module) -> None:
+    """Free the whole weights of every FSDP2 module in ``module`` and register its slices again (no-op
+    for a module without sharded parts)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for m in module.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
 
 
 def full_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:

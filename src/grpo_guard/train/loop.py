@@ -34,7 +34,7 @@ from ..core import group_advantages, per_step_ratio_stats, spread
 from ..prompts import draw_epoch_prompts, load_prompts
 from ..rewards import RewardContext, build_evaluator, build_reward, weighted_sum
 from ..seeding import derive_generator
-from ..sharding import any_sharded, full_optimizer_state, load_optimizer_state, shard_modules
+from ..sharding import full_optimizer_state, load_optimizer_state, reshard, shard_modules
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .ema import EMA
 from .evaluate import EvaluationRewardError, evaluate_policy, normalise_gold
@@ -237,9 +237,13 @@ def _train(cfg: RunConfig, out: Path, resume: bool, accelerator, rank: int, worl
     velocity = lambda x, sig, c: backbone(x, sig, c, s.guidance_scale)  # noqa: E731
 
     def evaluate() -> tuple[dict, Tensor]:
-        with (ema.applied() if ema is not None else nullcontext()):
-            return evaluate_policy(backbone, cfg, all_prompts, rewards, evaluator, device=device,
-                                   accelerator=accelerator)
+        try:
+            with (ema.applied() if ema is not None else nullcontext()):
+                return evaluate_policy(backbone, cfg, all_prompts, rewards, evaluator, device=device,
+                                       accelerator=accelerator)
+        finally:
+            if sharded:  # before the EMA swap back and any read of the weights (see sharding.py)
+                reshard(backbone)
 
     if cfg.eval.every and state.base_gold is None:
         t_eval = time.perf_counter()
@@ -283,6 +287,8 @@ def _train(cfg: RunConfig, out: Path, resume: bool, accelerator, rank: int, worl
             traj = rollout(velocity, cond, noise, sigmas, trained_steps, sde_steps=sde_steps,
                            noise_level=s.noise_level, sde_type=s.sde_type, reduction=cfg.loss.reduction,
                            batch_size=s.batch_size, device=device)
+        if sharded:
+            reshard(backbone)
         rollout_s = time.perf_counter() - t0
         fault_point("rollout")
 
@@ -310,7 +316,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, accelerator, rank: int, worl
             if is_main:
                 log(f"epoch {epoch}: batch skipped ({problem or 'a bad reward on another process'})")
             if state.consecutive_bad >= t.max_bad_batches:
-                _checkpoint(out, epoch, backbone, optimizer, ema, state, monitor, cfg, is_main, accelerator)
+                _checkpoint(out, epoch, backbone, optimizer, ema, state, monitor, cfg, is_main, accelerator, sharded)
                 raise TrainingStopped(f"stopped after {state.consecutive_bad} consecutive bad reward batches "
                                       f"(last: {problem}); checkpoint of the last good state written")
             row.update({"skipped": True, "skipped_batches": state.skipped_batches})
@@ -350,7 +356,8 @@ def _train(cfg: RunConfig, out: Path, resume: bool, accelerator, rank: int, worl
             if result.num_updates and result.skipped_updates == result.num_updates:
                 state.consecutive_bad += 1
                 if state.consecutive_bad >= t.max_bad_batches:
-                    _checkpoint(out, epoch, backbone, optimizer, ema, state, monitor, cfg, is_main, accelerator)
+                    _checkpoint(out, epoch, backbone, optimizer, ema, state, monitor, cfg, is_main, accelerator,
+                                sharded)
                     raise TrainingStopped(f"stopped after {state.consecutive_bad} consecutive epochs without a finite "
                                           f"update (NaN or Inf in the loss or the gradients); checkpoint of the last "
                                           f"good state written")
@@ -434,7 +441,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, accelerator, rank: int, worl
         hacking_stop = event.hacking and cfg.monitor.stop_on_hacking
         interrupted = _stop_agreed(stop, accelerator)
         if due or epoch + 1 == t.epochs or hacking_stop or interrupted:
-            _checkpoint(out, epoch + 1, backbone, optimizer, ema, state, monitor, cfg, is_main, accelerator)
+            _checkpoint(out, epoch + 1, backbone, optimizer, ema, state, monitor, cfg, is_main, accelerator, sharded)
         if interrupted:
             name = signal.Signals(stop.signum).name if stop.signum else "a signal"
             raise TrainingInterrupted(f"interrupted by {name}: checkpoint of epoch {epoch + 1} written; "
@@ -468,9 +475,10 @@ def _postfix(row: dict) -> str:
     return " ".join(parts)
 
 
-def _checkpoint(out, epoch, backbone, optimizer, ema, state, monitor, cfg, is_main, accelerator) -> None:
+def _checkpoint(out, epoch, backbone, optimizer, ema, state, monitor, cfg, is_main, accelerator,
+                sharded: bool = False) -> None:
     state.monitor = monitor.state_dict()
-    if is_main or any_sharded(backbone.trainable_parameters()):  # sharded weights: every process gathers
+    if is_main or sharded:  # sharded weights: every process takes part in gathering them
         trainable, opt_state = backbone.trainable_state_dict(), full_optimizer_state(optimizer)
         ema_state = ema.state_dict() if ema is not None else None
     if is_main:
