@@ -4,7 +4,7 @@ import pytest
 
 from grpo_guard.cli import main
 
-FIGURES = ("training_curves", "gold_vs_proxy", "ratio_per_step", "ratio_heatmap", "clip_per_step",
+FIGURES = ("training_curves", "image_stats", "gold_vs_proxy", "ratio_per_step", "ratio_heatmap", "clip_per_step",
            "grad_norm_per_step", "regime", "images_flow_grpo", "images_grpo_guard")
 
 

@@ -80,6 +80,11 @@ def test_report_and_every_figure_are_written(trained):
     assert sorted(srcs) == sorted(f"figures/{f.name}" for f in figs)  # relative links, all figures shown
     assert "<script" not in page
     assert not list(report.parent.glob(".*.tmp")) and not list((report.parent / "figures").glob(".*"))
+    # every evaluation logged the image statistics the image_stats figure plots
+    rows = [json.loads(x) for x in (next(iter(runs.values())) / "metrics.jsonl").read_text().splitlines()]
+    evaluated = [r for r in rows if "eval/proxy_reward_mean" in r]
+    assert evaluated and all(0 <= r["imgstat/dark_fraction"] <= 1 and r["imgstat/colour_entropy"] >= 0
+                             and r["imgstat/group_diversity"] >= 0 for r in evaluated)
 
 
 def test_trained_runs_are_grouped_by_method(trained):

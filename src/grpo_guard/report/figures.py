@@ -157,14 +157,12 @@ def _gold_norm_keys(methods: list[Method]) -> list[str]:
     return list(keys)
 
 
-def fig_training_curves(methods: list[Method], path: str | Path) -> Path:
-    """Proxy reward (training and evaluation) and every normalised gold metric vs epoch, per method.
-    Dotted vertical lines: the epoch the monitor flagged over-optimization (per run)."""
+def _panels_vs_epoch(methods: list[Method], panels: list[tuple[str, str]], path: str | Path,
+                     unit_line: Callable[[str], bool] = lambda key: False) -> Path:
+    """One panel per ``(metric key, title)``: each method's seed mean (line) and min-max (band) against
+    epoch; a dashed line at 1 where ``unit_line(key)``; dotted verticals at the monitor's flags on the
+    normalised gold average."""
     colors = method_colors(methods)
-    panels = [("proxy_reward_mean", "proxy reward (training batch)"),
-              ("eval/proxy_reward_mean", "proxy reward (evaluation set)"),
-              (GOLD_KEY, "normalised gold, average (base = 1)")]
-    panels += [(k, f"normalised {k.split('/', 1)[1]} (base = 1)") for k in _gold_norm_keys(methods)]
     ncols = 3
     nrows = math.ceil(len(panels) / ncols)
     fig = _new_figure(4.3 * ncols, 3.1 * nrows)
@@ -184,7 +182,7 @@ def fig_training_curves(methods: list[Method], path: str | Path) -> Path:
         if not drew:
             _note(ax, f"no {key} logged")
             continue
-        if key.startswith("gold"):
+        if unit_line(key):
             ax.axhline(1.0, color="0.5", lw=0.8, ls="--")
         _int_x(ax, "epoch")
         ax.grid(alpha=0.3)
@@ -199,6 +197,31 @@ def fig_training_curves(methods: list[Method], path: str | Path) -> Path:
     if handles:
         fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4), fontsize=9)
     return _save(fig, path)
+
+
+def fig_training_curves(methods: list[Method], path: str | Path) -> Path:
+    """Proxy reward (training and evaluation) and every normalised gold metric vs epoch, per method.
+    Dotted vertical lines: the epoch the monitor flagged over-optimization (per run)."""
+    panels = [("proxy_reward_mean", "proxy reward (training batch)"),
+              ("eval/proxy_reward_mean", "proxy reward (evaluation set)"),
+              (GOLD_KEY, "normalised gold, average (base = 1)")]
+    panels += [(k, f"normalised {k.split('/', 1)[1]} (base = 1)") for k in _gold_norm_keys(methods)]
+    return _panels_vs_epoch(methods, panels, path, unit_line=lambda key: key.startswith("gold"))
+
+
+#: the evaluation images' statistics (grpo_guard/image_stats.py) and their panel titles
+IMAGE_STAT_PANELS = [("imgstat/brightness", "brightness (mean luma)"),
+                     ("imgstat/dark_fraction", "dark fraction (luma < 0.1)"),
+                     ("imgstat/saturation", "saturation (HSV)"),
+                     ("imgstat/colour_entropy", "colour entropy (bits)"),
+                     ("imgstat/edge_density", "edge density"),
+                     ("imgstat/group_diversity", "diversity within a prompt")]
+
+
+def fig_image_stats(methods: list[Method], path: str | Path) -> Path:
+    """Statistics of the fixed evaluation set's images vs epoch: drift here (darker, flatter, saturated,
+    collapsed samples) often shows reward hacking before a gold metric does."""
+    return _panels_vs_epoch(methods, IMAGE_STAT_PANELS, path)
 
 
 # ---- (2) gold vs proxy ---------------------------------------------------------------------------------
@@ -460,6 +483,7 @@ def fig_image_strip(method: Method, path: str | Path, count: int = 5) -> Path:
 
 FIGURES: dict[str, tuple[Callable, str]] = {
     "training_curves": (fig_training_curves, "Proxy reward and normalised gold metrics vs epoch"),
+    "image_stats": (fig_image_stats, "Image statistics of the evaluation set vs epoch"),
     "gold_vs_proxy": (fig_gold_vs_proxy, "Gold vs proxy (over-optimization curve)"),
     "ratio_per_step": (fig_ratio_per_step, "Importance ratio per step"),
     "ratio_heatmap": (fig_ratio_heatmap, "Raw ratio mean - 1, step x epoch"),

@@ -26,6 +26,11 @@ _CAPTIONS = {
                        "normalised gold metrics (base model = 1, higher is better). Dotted vertical lines on "
                        "the average: epochs where the over-optimization monitor flagged a run. Implicit "
                        "over-optimization shows as proxy rising while gold falls.",
+    "image_stats": "Statistics of the fixed evaluation set's images (same prompts and noise at every "
+                   "evaluation), seed mean and min-max: mean luma, fraction of dark pixels, HSV saturation, "
+                   "colour-histogram entropy, fraction of edge pixels, and the RMS distance between samples "
+                   "of the same prompt. Reward hacking often moves these (darker, flatter, saturated or "
+                   "collapsed images) while the proxy rises.",
     "gold_vs_proxy": "Normalised gold against evaluation proxy. Thin lines: single runs in epoch order "
                      "(circle: first evaluation, square: last). Thick: the method's gold when its runs first "
                      "reached each proxy level (seed mean). Methods are compared at matched proxy (grey band: "

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ..config import RunConfig
+from ..image_stats import image_stats
 from ..rewards import weighted_sum
 from .rollout import per_sample_noise, rollout
 
@@ -56,7 +57,9 @@ def evaluate_policy(backbone, cfg: RunConfig, all_prompts: list[str], rewards: d
         images = images[order.to(images.device)]
     images = images.cpu()
     meta = [{} for _ in eval_prompts]
-    res: dict = {}
+    # drift of plain image statistics (darker, flatter, collapsed samples) next to the proxy and gold
+    groups = torch.arange(len(eval_prompts)) // cfg.eval.samples_per_prompt
+    res: dict = {f"imgstat/{k}": v for k, v in image_stats(images, groups).items()}
     proxy_vals, proxy_w = {}, {}
     for spec in cfg.rewards:
         try:
