@@ -162,3 +162,12 @@ def test_missing_and_unreadable_checkpoints_are_one_line(tiny_hps, tmp_path, mon
     assert "\n" not in str(e.value)
     with pytest.raises(ValueError, match="version"):
         build_reward("hpsv2", {"version": "v3"}, ctx)
+
+
+def test_bfloat16_is_close_to_float32(tiny_hps, tmp_path):
+    d, _, _ = tiny_hps
+    ctx = RewardContext(cache_dir=tmp_path, device=torch.device("cpu"))
+    images = _images()
+    full = build_reward("hpsv2", _params(d), ctx)(images, PROMPTS)
+    half = build_reward("hpsv2", _params(d, dtype="bfloat16"), ctx)(images, PROMPTS)
+    assert half.dtype == torch.float32 and float((half - full).abs().max()) < 0.02

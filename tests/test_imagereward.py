@@ -223,3 +223,11 @@ def test_missing_files_are_one_line(tiny_ir, tmp_path, monkeypatch):
     with pytest.raises(RewardUnavailable, match="THUDM/ImageReward/ImageReward.pt is not available") as e:
         build_reward("imagereward", {"tokenizer": str(d / "tok")}, _ctx(tmp_path))
     assert "\n" not in str(e.value)
+
+
+def test_bfloat16_is_close_to_float32(tiny_ir, tmp_path):
+    d, _, _ = tiny_ir
+    images = _images()
+    full = build_reward("imagereward", _params(d), _ctx(tmp_path))(images, PROMPTS)
+    half = build_reward("imagereward", _params(d, dtype="bfloat16"), _ctx(tmp_path))(images, PROMPTS)
+    assert half.dtype == torch.float32 and float((half - full).abs().max()) < 0.1 * float(full.abs().max()) + 0.05
