@@ -71,3 +71,14 @@ def test_backbones_without_fsdp_units_say_so():
 
     with pytest.raises(NotImplementedError, match="does not support train.fsdp"):
         Backbone().fsdp_units()
+
+
+def test_fsdp_with_one_process_says_so_and_trains_unsharded(tmp_path):
+    from tiny_backbone import rows, tiny_cfg
+
+    from grpo_guard.train.loop import train
+
+    said = []
+    run = train(tiny_cfg(tmp_path / "cache", "train.fsdp=true", "train.epochs=1"), tmp_path / "run", log=said.append)
+    assert any("train.fsdp: one process, nothing to shard" in line for line in said)
+    assert [r["epoch"] for r in rows(run)] == [0]
