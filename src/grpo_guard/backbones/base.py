@@ -138,23 +138,30 @@ class Backbone(nn.Module):
         adapters disabled. Backbones that fully fine-tune keep a frozen copy."""
         raise NotImplementedError
 
+    #: name of the submodule whose parameter names are the keys of :meth:`trainable_state_dict` (``""``:
+    #: the backbone itself); the diffusers backbones use ``"transformer"``, the names LoRA files carry
+    state_dict_root: str = ""
+
+    def _trainable_named_parameters(self) -> dict[str, nn.Parameter]:
+        root = self.get_submodule(self.state_dict_root)
+        names = {id(p) for p in self.trainable_parameters()}
+        return {k: v for k, v in root.named_parameters() if id(v) in names}
+
     def trainable_state_dict(self) -> dict[str, Tensor]:
-        """The trainable weights only (what a checkpoint or a LoRA export holds), as whole tensors. With
-        sharded weights (``train.fsdp``) this gathers them: every process must call it."""
+        """The trainable weights only (what a checkpoint or a LoRA export holds), as whole tensors, named
+        relative to :attr:`state_dict_root`. With sharded weights (``train.fsdp``) this gathers them:
+        every process must call it."""
         from ..sharding import full_tensor
 
-        names = {id(p) for p in self.trainable_parameters()}
-        return {k: full_tensor(v) for k, v in self.named_parameters() if id(v) in names}
+        return {k: full_tensor(v) for k, v in self._trainable_named_parameters().items()}
 
     def load_trainable_state_dict(self, state: dict[str, Tensor]) -> None:
         """Load whole tensors (from :meth:`trainable_state_dict`) into the trainable weights, sliced into
-        this process's shard when they are sharded."""
+        this process's shard when they are sharded. Exactly the trainable weights must be given."""
         from ..sharding import shard_like
 
-        params = dict(self.named_parameters())
-        names = {id(p) for p in self.trainable_parameters()}
-        missing = [k for k, v in params.items() if id(v) in names and k not in state]
-        unknown = [k for k in state if k not in params]
+        params = self._trainable_named_parameters()
+        missing, unknown = sorted(set(params) - set(state)), sorted(set(state) - set(params))
         if missing or unknown:
             raise ValueError(f"state: missing keys {missing[:5]}, unknown keys {unknown[:5]}")
         with torch.no_grad():

@@ -88,6 +88,8 @@ class DiffusersBackbone(Backbone):
     pipeline_cls: type
     #: default LoRA target module names
     default_lora_targets: tuple[str, ...] = ()
+    #: checkpoints and LoRA exports name the weights relative to the transformer
+    state_dict_root = "transformer"
 
     def __init__(self, pipe, *, lora_rank: int = 32, lora_alpha: float = 64, lora_targets: Sequence[str] | None = None,
                  full_finetune: bool = False, gradient_checkpointing: bool = False, resolution: int = 512):
@@ -173,24 +175,6 @@ class DiffusersBackbone(Backbone):
     # -- training ----------------------------------------------------------------------------------
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.transformer.parameters() if p.requires_grad]
-
-    def trainable_state_dict(self) -> dict[str, Tensor]:
-        """Trainable transformer weights, whole (gathered from every process when sharded: collective)."""
-        from ..sharding import full_tensor
-
-        return {k: full_tensor(v) for k, v in self.transformer.named_parameters() if v.requires_grad}
-
-    def load_trainable_state_dict(self, state: dict[str, Tensor]) -> None:
-        from ..sharding import shard_like
-
-        params = dict(self.transformer.named_parameters())
-        expected = {k for k, v in params.items() if v.requires_grad}
-        missing, unknown = sorted(expected - set(state)), sorted(set(state) - expected)
-        if missing or unknown:
-            raise ValueError(f"state: missing keys {missing[:5]}, unknown keys {unknown[:5]}")
-        with torch.no_grad():
-            for k, v in state.items():
-                params[k].copy_(shard_like(v, params[k]))
 
     def fsdp_units(self) -> list[nn.Module]:
         """Each block of the transformer (``transformer_blocks``, and Flux's ``single_transformer_blocks``),

@@ -125,8 +125,9 @@ def per_step_ratio_stats(
         v_hi = sorted_v[(offsets + hi).long().clamp(0, last)] if v.numel() else torch.zeros_like(pos)
         return torch.where(has[None, :], v_lo + (v_hi - v_lo) * (pos - lo), nan)
 
+    r_raw, r_used = lr.exp(), lru.exp()
     out: dict[str, Tensor] = {"count": count}
-    for prefix, r in (("raw_ratio", lr.exp()), ("ratio", lru.exp())):
+    for prefix, r in (("raw_ratio", r_raw), ("ratio", r_used)):
         mean = seg_mean(r)
         out[f"{prefix}_mean"] = mean
         out[f"{prefix}_std"] = seg_std(r, mean)
@@ -135,7 +136,6 @@ def per_step_ratio_stats(
         for q, row in zip(quantiles, seg_quantiles(r)):
             out[f"{prefix}_q{round(q * 100):02d}"] = row
     out["frac_raw_below_1"] = seg_mean((lr < 0).to(torch.float64))
-    r_used = lru.exp()
     high, low = r_used > 1 + eps_high, r_used < 1 - eps_low
     pos, neg = adv > 0, adv < 0
     out["clip_high_pos"] = seg_frac(high, pos)

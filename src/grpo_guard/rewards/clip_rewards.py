@@ -151,7 +151,8 @@ def resolve_checkpoint(reward: str, checkpoint, repo: str, filename: str, cache_
         from huggingface_hub import hf_hub_download
 
         try:
-            checkpoint = hf_hub_download(repo, filename, cache_dir=str(Path(cache_dir).expanduser()) if cache_dir else None)
+            checkpoint = hf_hub_download(repo, filename,
+                                         cache_dir=str(Path(cache_dir).expanduser()) if cache_dir else None)
         except Exception as e:  # noqa: BLE001
             raise RewardUnavailable(f"rewards: {reward}: checkpoint {repo}/{filename} is not available "
                                     f"({_first_line(e, 120)}); download it (`hf download {repo} {filename}`, with "
@@ -167,6 +168,35 @@ def check_heads(what: str, heads: int, width: int) -> None:
     """Attention heads must divide the width (they are not stored in checkpoints, so they are params)."""
     if heads < 1 or width % heads:
         raise ValueError(f"{what}_heads: {heads} does not divide the {what} width {width}")
+
+
+def count_blocks(keys, prefix: str) -> int:
+    """The number of blocks ``PREFIX<i>.`` among ``keys`` (i = 0, 1, ...; they must be consecutive)."""
+    idx = {int(k[len(prefix):].split(".")[0]) for k in keys if k.startswith(prefix)}
+    if not idx or idx != set(range(len(idx))):
+        raise ValueError(f"no consecutive {prefix}N blocks")
+    return len(idx)
+
+
+def load_exact(cls, config, weights: dict[str, Tensor], **kwargs):
+    """``cls(config, **kwargs)`` (a transformers model) holding exactly ``weights``: every parameter present,
+    nothing left random, no unknown key. Built on the meta device and taking the tensors over (no random
+    initialisation, no second copy of a large model); position-id buffers, which are not saved, are
+    rebuilt. Returned in eval mode."""
+    with torch.device("meta"):
+        model = cls(config, **kwargs)
+    expected = set(model.state_dict())
+    missing, extra = sorted(expected - set(weights)), sorted(set(weights) - expected)
+    if missing or extra:
+        raise ValueError(f"weights do not fit {cls.__name__} (missing {missing[:3]}, unexpected {extra[:3]})")
+    model.load_state_dict({k: v.contiguous() for k, v in weights.items()}, strict=True, assign=True)
+    for name, buf in list(model.named_buffers()):
+        if buf.is_meta:
+            if not name.endswith("position_ids"):
+                raise ValueError(f"{cls.__name__} buffer {name} was not restored")
+            owner = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+            owner.register_buffer("position_ids", torch.arange(buf.shape[-1]).expand(buf.shape), persistent=False)
+    return model.eval()
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:

@@ -22,12 +22,11 @@ from __future__ import annotations
 import math
 import re
 
-import torch
 from torch import Tensor
 
 from .base import RewardContext
-from .clip_rewards import (ClipEmbedder, ClipReward, Params, RewardUnavailable, _first_line, check_heads, load_pretrained,
-                           load_state_dict_file, resolve_checkpoint)
+from .clip_rewards import (ClipEmbedder, ClipReward, Params, RewardUnavailable, _first_line, check_heads, count_blocks,
+                           load_exact, load_pretrained, load_state_dict_file, resolve_checkpoint)
 
 __all__ = ["HPS_REPO", "HPS_FILES", "HPS_TOKENIZER", "openclip_to_clip", "make_hpsv2"]
 
@@ -56,14 +55,6 @@ _TOP_NAMES = {
     "visual.ln_post.bias": "vision_model.post_layernorm.bias",
     "logit_scale": "logit_scale",
 }
-
-
-def _layers(state: dict[str, Tensor], visual: bool) -> int:
-    prefix = "visual.transformer.resblocks." if visual else "transformer.resblocks."
-    idx = {int(k[len(prefix):].split(".")[0]) for k in state if k.startswith(prefix)}
-    if not idx or idx != set(range(len(idx))):
-        raise ValueError(f"no consecutive {prefix}N blocks")
-    return len(idx)
 
 
 def openclip_to_clip(state: dict[str, Tensor], *, vision_heads: int, text_heads: int, eos_token_id: int,
@@ -134,38 +125,17 @@ def openclip_to_clip(state: dict[str, Tensor], *, vision_heads: int, text_heads:
     config = CLIPConfig(
         text_config=dict(vocab_size=vocab, hidden_size=text_width, num_attention_heads=text_heads,
                          intermediate_size=state["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
-                         num_hidden_layers=_layers(state, visual=False),
+                         num_hidden_layers=count_blocks(state, "transformer.resblocks."),
                          max_position_embeddings=state["positional_embedding"].shape[0],
                          hidden_act="gelu", layer_norm_eps=1e-5, eos_token_id=eos_token_id,
                          bos_token_id=bos_token_id, pad_token_id=pad_token_id),
         vision_config=dict(hidden_size=vision_width, num_attention_heads=vision_heads,
                            intermediate_size=state["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
-                           num_hidden_layers=_layers(state, visual=True), patch_size=patch,
+                           num_hidden_layers=count_blocks(state, "visual.transformer.resblocks."),
+                           patch_size=patch,
                            image_size=grid * patch, hidden_act="gelu", layer_norm_eps=1e-5),
         projection_dim=proj_dim)
     return config, out
-
-
-def _clip_model(config, weights: dict[str, Tensor]):
-    """A ``CLIPModel`` holding exactly ``weights`` (every parameter present, nothing left random). It is
-    built on the meta device and takes the tensors over (no second copy of a 1 B-parameter model, no
-    random initialisation); the position-id buffers, which are not saved, are rebuilt."""
-    from transformers import CLIPModel
-
-    with torch.device("meta"):
-        model = CLIPModel(config)
-    expected = set(model.state_dict())
-    missing, extra = sorted(expected - set(weights)), sorted(set(weights) - expected)
-    if missing or extra:
-        raise ValueError(f"converted weights do not fit CLIPModel (missing {missing[:3]}, unexpected {extra[:3]})")
-    model.load_state_dict({k: v.contiguous() for k, v in weights.items()}, strict=True, assign=True)
-    for name, buf in list(model.named_buffers()):
-        if buf.is_meta:
-            if not name.endswith("position_ids"):
-                raise ValueError(f"CLIPModel buffer {name} was not restored")
-            owner = model.get_submodule(name.rsplit(".", 1)[0])
-            owner.register_buffer("position_ids", torch.arange(buf.shape[-1]).expand(buf.shape), persistent=False)
-    return model.eval()
 
 
 def make_hpsv2(params: dict, ctx: RewardContext) -> ClipReward:
@@ -195,12 +165,15 @@ def make_hpsv2(params: dict, ctx: RewardContext) -> ClipReward:
         config, weights = openclip_to_clip(load_state_dict_file(path), vision_heads=vision_heads,
                                            text_heads=text_heads, eos_token_id=tokenizer.eos_token_id,
                                            bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id)
-        model = _clip_model(config, weights)
+        from transformers import CLIPModel
+
+        model = load_exact(CLIPModel, config, weights)
     except Exception as e:  # noqa: BLE001 - unreadable files and foreign architectures: one line
         raise RewardUnavailable(f"rewards: hpsv2: cannot build HPS from {str(path)!r} "
                                 f"({type(e).__name__}: {_first_line(e)})") from None
     if tokenizer.eos_token_id is None or tokenizer.eos_token_id >= config.text_config.vocab_size:
         raise RewardUnavailable(f"rewards: hpsv2: the tokenizer {tokenizer_ref!r} does not fit the checkpoint "
-                                f"(end-of-text id {tokenizer.eos_token_id}, vocabulary {config.text_config.vocab_size})")
+                                f"(end-of-text id {tokenizer.eos_token_id}, vocabulary "
+                                f"{config.text_config.vocab_size})")
     embedder = ClipEmbedder(model, tokenizer, device, dtype)
     return ClipReward("hpsv2", embedder, lambda img, txt: scale * (img * txt).sum(-1), batch_size)

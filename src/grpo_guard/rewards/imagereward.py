@@ -25,7 +25,8 @@ from torch import Tensor
 
 from .base import RewardContext
 from .clip_rewards import (CLIP_MEAN, CLIP_STD, Params, RewardUnavailable, _check_inputs, _first_line, check_heads,
-                           clip_preprocess, load_pretrained, load_state_dict_file, resolve_checkpoint)
+                           clip_preprocess, count_blocks, load_exact, load_pretrained, load_state_dict_file,
+                           resolve_checkpoint)
 
 __all__ = ["IMAGEREWARD_REPO", "IMAGEREWARD_FILE", "IMAGEREWARD_MEAN", "IMAGEREWARD_STD", "ImageRewardModel",
            "ImageRewardReward", "imagereward_to_blip", "make_imagereward"]
@@ -134,31 +135,19 @@ def imagereward_to_blip(state: dict[str, Tensor], *, vision_heads: int = 16, tex
     vocab, text_width = text["embeddings.word_embeddings.weight"].shape
     check_heads("vision", vision_heads, width)
     check_heads("text", text_heads, text_width)
-    layers = lambda d, prefix: len({k.split(".")[2] for k in d if k.startswith(prefix)})  # noqa: E731
     vision_config = BlipVisionConfig(
         hidden_size=width, intermediate_size=vision["encoder.layers.0.mlp.fc1.weight"].shape[0],
-        num_hidden_layers=layers(vision, "encoder.layers."), num_attention_heads=vision_heads,
+        num_hidden_layers=count_blocks(vision, "encoder.layers."), num_attention_heads=vision_heads,
         image_size=grid * patch, patch_size=patch, hidden_act="gelu", layer_norm_eps=1e-6)
     text_config = BlipTextConfig(
         vocab_size=vocab, hidden_size=text_width,
         encoder_hidden_size=text["encoder.layer.0.crossattention.self.key.weight"].shape[1],
         intermediate_size=text["encoder.layer.0.intermediate.dense.weight"].shape[0],
-        num_hidden_layers=layers(text, "encoder.layer."), num_attention_heads=text_heads,
+        num_hidden_layers=count_blocks(text, "encoder.layer."), num_attention_heads=text_heads,
         max_position_embeddings=text["embeddings.position_embeddings.weight"].shape[0], hidden_act="gelu",
         layer_norm_eps=1e-12, is_decoder=True,  # is_decoder builds the cross-attention; forward runs as an encoder
         bos_token_id=None, eos_token_id=None, sep_token_id=None, pad_token_id=0)
     return vision_config, vision, text_config, text, mlp
-
-
-def _exact_module(cls, config, weights: dict[str, Tensor], **kwargs):
-    """``cls(config)`` holding exactly ``weights`` (every parameter present, none left random)."""
-    module = cls(config, **kwargs)
-    expected = set(module.state_dict())
-    missing, extra = sorted(expected - set(weights)), sorted(set(weights) - expected)
-    if missing or extra:
-        raise ValueError(f"weights do not fit {cls.__name__} (missing {missing[:3]}, unexpected {extra[:3]})")
-    module.load_state_dict(weights, strict=True)
-    return module
 
 
 def build_imagereward_model(state: dict[str, Tensor], *, vision_heads: int = 16,
@@ -168,8 +157,8 @@ def build_imagereward_model(state: dict[str, Tensor], *, vision_heads: int = 16,
 
     vision_config, vision, text_config, text, mlp = imagereward_to_blip(state, vision_heads=vision_heads,
                                                                         text_heads=text_heads)
-    return ImageRewardModel(_exact_module(BlipVisionModel, vision_config, vision),
-                            _exact_module(BlipTextModel, text_config, text, add_pooling_layer=False),
+    return ImageRewardModel(load_exact(BlipVisionModel, vision_config, vision),
+                            load_exact(BlipTextModel, text_config, text, add_pooling_layer=False),
                             _mlp_head(mlp)).eval()
 
 

@@ -28,7 +28,7 @@ from torch import Tensor
 from ..backbones.base import Backbone, Conditioning
 from ..config import LossConfig, TrainConfig
 from ..core import grad_norm, policy_loss, sde_step
-from ..sharding import any_sharded, full_tensor, is_sharded
+from ..sharding import any_sharded, full_tensor
 from .faults import fault_point
 from .rollout import Trajectory
 
@@ -249,8 +249,7 @@ def update_policy(
                     if not worst <= s.preflight_tol:
                         optimizer.zero_grad(set_to_none=True)
                         raise PreflightError(PREFLIGHT_HELP.format(value=worst, tol=s.preflight_tol))
-            total = accelerator.clip_grad_norm_(trainable, s.max_grad_norm)
-            total = float(full_tensor(total) if is_sharded(total) else total)  # sharded grads give a DTensor
+            total = float(full_tensor(accelerator.clip_grad_norm_(trainable, s.max_grad_norm)))  # DTensor if sharded
             result.grad_norm_total.append(total)
             result.num_updates += 1
             if math.isfinite(total):
@@ -294,7 +293,7 @@ def measure_step_grad_norms(
             continue
         loss.backward()
         total = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-        norms.append(float(full_tensor(total) if is_sharded(total) else total))
+        norms.append(float(full_tensor(total)))
         for p in params:
             p.grad = None
     return norms
