@@ -1,10 +1,12 @@
 """In-situ overhead of one ``grpo-guard bench`` setting over more epochs than the full bench runs.
 
-    python benchmarks/insitu_overhead.py toy-mlp-8px [--epochs 40] [--set KEY=VALUE ...]
+    python benchmarks/insitu_overhead.py toy-mlp-8px [--epochs 40] [--paired]
+                                                     [--set KEY=VALUE ...]
 
 Runs the bench's own measurement child (a real ``train()`` with the network clock installed) for one
 setting and prints the medians: epoch, rollout, reward, update and network seconds and the in-situ
-overhead (epoch / network). The tiny-SD3 settings need ``runs/bench/tiny_sd3`` (made by a full bench
+overhead (epoch / network); with ``--paired``, also ours / the reference-style loop, measured as the
+bench does (one reference epoch after each of ours). The tiny-SD3 settings need ``runs/bench/tiny_sd3`` (made by a full bench
 run) or ``--out`` pointing at one.
 """
 
@@ -22,17 +24,23 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--out", type=Path, default=Path("runs/bench"), help="where bench keeps its tiny SD3 pipeline")
     ap.add_argument("--set", action="append", default=[], help="extra config overrides")
+    ap.add_argument("--paired", action="store_true", help="also run the reference-style loop, paired")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     prompts = a.out / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS) + "\n")
     config, overrides = SETTINGS[a.setting]
     spec = make_spec(a.setting, config, overrides, tiny=a.out / "tiny_sd3", prompts=prompts, epochs=a.epochs,
-                     user_overrides=a.set)
+                     user_overrides=a.set, reference=a.paired)
     r = _run_child(spec)
     print(f"{a.setting}, {r['epochs']} epochs (medians after the first): "
           + ", ".join(f"{k} {r[k]:.4f}" for k in ("epoch_s", "rollout_s", "reward_s", "update_s", "network_s"))
           + f"; in-situ overhead {r['insitu_overhead']:.3f}")
+    if a.paired:
+        pairs = r["ours_over_reference_pairs"]
+        print(f"ours / reference {r['ours_over_reference']:.3f} (median of {len(pairs)} pairs, range "
+              f"{min(pairs):.3f}-{max(pairs):.3f}), reference epoch {r['ref_epoch_s']:.4f} s, "
+              f"max loss diff {r['max_loss_diff']:.1e}")
 
 
 if __name__ == "__main__":

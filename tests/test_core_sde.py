@@ -5,7 +5,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 from grpo_guard import flow_sigmas, sde_step
-from grpo_guard.core import gaussian_log_prob, sde_sigma_t, sde_velocity_gain
+from grpo_guard.core import gaussian_log_prob, sde_coefficients, sde_sigma_t, sde_velocity_gain
 
 SIGMAS = flow_sigmas(10, 3.0)  # SD3.5-like schedule; index 0 is the t = 1 step
 
@@ -92,6 +92,29 @@ def test_on_policy_reevaluation_is_bitwise_equal(gen):
         again = sde_step(v, x, SIGMAS[k], SIGMAS[k + 1], 0.7, next_state=roll.next_state)
         assert torch.equal(roll.log_prob, again.log_prob)
         assert torch.equal(roll.mean, again.mean)
+
+
+@pytest.mark.parametrize("sde_type", ["flow_grpo", "dance_grpo"])
+def test_schedule_coefficients_equal_per_sample_ones(gen, sde_type):
+    """Coefficients computed for a whole schedule at once (one noise level per step, some 0) are bit for
+    bit those of per-sample calls, and ``sde_step`` given them (0-d or per sample) returns what it
+    computes without them."""
+    levels = torch.tensor([0.7, 0.7, 0.0, 0.7, 0.0, 0.7, 0.7, 0.7, 0.7, 0.0])
+    table = sde_coefficients(SIGMAS[:-1], SIGMAS[1:], levels, sde_type)
+    v, x = _inputs(gen)
+    for k in range(10):
+        a = float(levels[k])
+        per = sde_coefficients(SIGMAS[k].expand(4), SIGMAS[k + 1].expand(4), a, sde_type)
+        for got, want in zip(table, per):
+            assert torch.equal(got[k].expand(4), want)
+        if a == 0:  # the Euler step exactly
+            assert torch.equal(table.c_x[k], torch.tensor(1.0)) and torch.equal(table.c_v[k], SIGMAS[k + 1] - SIGMAS[k])
+        eps = torch.randn(x.shape, generator=gen)
+        plain = sde_step(v, x, SIGMAS[k], SIGMAS[k + 1], a, noise=eps, sde_type=sde_type)
+        for coef in (type(table)(*(c[k] for c in table)), per):
+            given = sde_step(v, x, SIGMAS[k], SIGMAS[k + 1], a, noise=eps, sde_type=sde_type, coefficients=coef)
+            for got, want in zip(given, plain):
+                assert (got is None and want is None) or torch.equal(got, want)
 
 
 def test_per_sample_sigmas_equal_separate_calls(gen):

@@ -11,25 +11,33 @@ from grpo_guard.train.rollout import rollout
 COND = Conditioning(embeds=torch.zeros(4, 1, 2))
 
 
-def _run(velocity_fn, sigmas=None, noise=None):
+def _run(velocity_fn, sigmas=None, noise=None, sde_type="flow_grpo", sde_steps=range(5)):
     sigmas = flow_sigmas(5, 3.0) if sigmas is None else sigmas
     noise = torch.randn(4, 6, 3, generator=torch.Generator().manual_seed(0)) if noise is None else noise
-    return rollout(velocity_fn, COND, noise, sigmas, [1, 3], sde_steps=range(5), noise_level=0.7, batch_size=3)
+    return rollout(velocity_fn, COND, noise, sigmas, [1, 3], sde_steps=sde_steps, noise_level=0.7, batch_size=3,
+                   sde_type=sde_type)
 
 
-def test_trained_transitions_match_sde_step():
+@pytest.mark.parametrize("sde_type", ["flow_grpo", "dance_grpo"])
+@pytest.mark.parametrize("sde_steps", [range(5), [1, 2, 3]])
+def test_trained_transitions_match_sde_step(sde_type, sde_steps):
+    """The rollout computes the schedule's step coefficients once; its trajectory is bit for bit the one
+    of per-step ``sde_step`` calls (ODE steps outside ``sde_steps`` included)."""
     v = lambda x, s, c: -x * s[:, None]  # noqa: E731
     noise = torch.randn(4, 6, 3, generator=torch.Generator().manual_seed(1))
     sig = flow_sigmas(5, 3.0)
-    traj = _run(v, sig, noise)
+    traj = _run(v, sig, noise, sde_type, sde_steps)
     x = noise[:, 0]
     for k in range(5):
-        out = sde_step(v(x, sig[k].expand(4), None), x, sig[k], sig[k + 1], 0.7, noise=noise[:, k + 1])
+        a = 0.7 if k in sde_steps else 0.0
+        out = sde_step(v(x, sig[k].expand(4), None), x, sig[k], sig[k + 1], a, noise=noise[:, k + 1],
+                       sde_type=sde_type)
         if k in (1, 3):
             j = (1, 3).index(k)
-            assert torch.allclose(traj.latents[:, j], x) and torch.allclose(traj.log_probs[:, j], out.log_prob)
+            assert torch.equal(traj.latents[:, j], x) and torch.equal(traj.log_probs[:, j], out.log_prob)
+            assert torch.equal(traj.means[:, j], out.mean) and torch.equal(traj.next_latents[:, j], out.next_state)
         x = out.next_state
-    assert torch.allclose(traj.final, x)
+    assert torch.equal(traj.final, x)
 
 
 def test_nan_velocity_is_named():

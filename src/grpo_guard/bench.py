@@ -20,7 +20,12 @@ parent collects them into ``OUT/bench.json`` and prints a table. Definitions:
   per minibatch ONE network call per trained step (the minibatch's CFG rows concatenated, as Flow-GRPO
   does for SD3), the loss and a backward per step, a reference forward per step when the KL is on, one
   optimizer step per minibatch; no diagnostics. Its losses equal ours to float tolerance (checked and
-  reported).
+  reported). It is measured PAIRED with ours, in a child of its own: after each of our epochs, one
+  reference epoch on its own copy of the model (the network clock paused), so that both see the same
+  machine load; ours / reference is the median of the per-epoch ratios (after the first pair). On a
+  shared 2-core machine, timings of separate runs drifted by up to 40% between consecutive runs, which
+  an unpaired ratio of two medians inherits. The table's other figures come from a child without the
+  reference, so its peak RSS is ours alone.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SETTINGS", "BenchError", "run_bench", "make_spec", "format_table", "targets"]
+__all__ = ["SETTINGS", "BenchError", "run_bench", "make_spec", "format_table", "targets", "wrap_network"]
 
 
 class BenchError(RuntimeError):
@@ -95,6 +100,8 @@ class _NetworkClock:
 
     def __init__(self):
         self.total, self.per_epoch = 0.0, []
+        self.paused = False
+        self.after_row = None  # called with each metrics row, clock paused (the paired reference epoch)
 
     def _timed(self, fn):
         def wrapper(*a, **k):
@@ -102,30 +109,47 @@ class _NetworkClock:
             try:
                 return fn(*a, **k)
             finally:
-                self.total += time.perf_counter() - t0
+                if not self.paused:
+                    self.total += time.perf_counter() - t0
         return wrapper
 
     def install(self) -> None:
-        import torch
+        def append(row):
+            self.per_epoch.append(self.total)
+            if self.after_row is not None:
+                self.paused = True
+                try:
+                    self.after_row(row)
+                finally:
+                    self.paused = False
+            self.total = 0.0
 
-        from .train import loop, runlog
+        wrap_network(self._timed, after_append=append)
 
-        real_build, real_append = loop.build_backbone, runlog.MetricsLog.append
-        clock = self
 
-        def build(*a, **k):
-            bb = real_build(*a, **k)
-            bb.forward, bb.decode = clock._timed(bb.forward), clock._timed(bb.decode)
-            bb.encode_prompts = clock._timed(bb.encode_prompts)
-            return bb
+def wrap_network(wrap, after_append=None) -> None:
+    """Wrap, in this process, the network calls of every backbone that ``train()`` builds (``forward``,
+    ``decode``, ``encode_prompts``) and ``torch.autograd.backward`` with ``wrap`` (a decorator); call
+    ``after_append(row)`` after each metrics row is written. The bench's network clock and
+    ``benchmarks/loop_ops.py`` draw the network's boundary with it."""
+    import torch
 
-        def append(log_self, row):
-            clock.per_epoch.append(clock.total)
-            clock.total = 0.0
-            real_append(log_self, row)
+    from .train import loop, runlog
 
-        loop.build_backbone, runlog.MetricsLog.append = build, append
-        torch.autograd.backward = self._timed(torch.autograd.backward)
+    real_build, real_append = loop.build_backbone, runlog.MetricsLog.append
+
+    def build(*a, **k):
+        bb = real_build(*a, **k)
+        bb.forward, bb.decode, bb.encode_prompts = wrap(bb.forward), wrap(bb.decode), wrap(bb.encode_prompts)
+        return bb
+
+    def append(log_self, row):
+        real_append(log_self, row)
+        if after_append is not None:
+            after_append(row)
+
+    loop.build_backbone, runlog.MetricsLog.append = build, append
+    torch.autograd.backward = wrap(torch.autograd.backward)
 
 
 def _floor(cfg) -> dict:
@@ -178,37 +202,47 @@ def _floor(cfg) -> dict:
     return {"rollout_floor_s": _timeit(rollout_calls), "update_floor_s": _timeit(update_calls)}
 
 
-def _reference_epochs(cfg, epochs: int) -> dict:
-    """The reference-style loop (module docstring) for ``epochs`` epochs; returns seconds per epoch
-    (after the first) and the per-epoch mean losses."""
-    import torch
+class _ReferenceLoop:
+    """The reference-style loop (module docstring) on its own backbone, optimizer and reward models,
+    built from ``cfg`` exactly as ``train()`` builds ours (same seed, so the same initial weights);
+    :meth:`epoch` runs one epoch and returns ``(seconds, mean loss)``."""
 
-    from .backbones import BackboneContext, build_backbone
-    from .core import group_advantages, policy_loss, sde_step
-    from .prompts import draw_epoch_prompts, load_prompts
-    from .rewards import RewardContext, build_reward, weighted_sum
-    from .seeding import derive_generator
-    from .train.rollout import per_sample_noise, rollout
-    from .train.update import build_optimizer
+    def __init__(self, cfg):
+        import torch
 
-    s, t, lo = cfg.sample, cfg.train, cfg.loss
-    torch.manual_seed(cfg.seed)
-    cache = Path(cfg.cache_dir).expanduser()
-    bb = build_backbone(cfg.backbone.name, cfg.backbone.params, BackboneContext(cache, torch.device("cpu"), cfg.seed,
-                                                                                 False))
-    rctx = RewardContext(cache, torch.device("cpu"), cfg.seed, getattr(bb, "image_size", None), verbose=False)
-    rewards = {r.name: build_reward(r.name, r.params, rctx) for r in cfg.rewards}
-    proxy_w = {r.name: r.weight for r in cfg.rewards if r.role == "proxy"}
-    params = bb.trainable_parameters()
-    opt = build_optimizer(params, t)
-    all_prompts = load_prompts(cfg.prompts.source, cfg.prompts.path)
-    sigmas = bb.sigmas(s.num_steps, s.shift)
-    trained = cfg.trained_step_indices()
-    b = s.prompts_per_epoch * s.group_size
-    times, losses = [], []
-    for epoch in range(epochs):
+        from .backbones import BackboneContext, build_backbone
+        from .prompts import load_prompts
+        from .rewards import RewardContext, build_reward
+        from .train.update import build_optimizer
+
+        self.cfg = cfg
+        torch.manual_seed(cfg.seed)
+        cache = Path(cfg.cache_dir).expanduser()
+        self.bb = build_backbone(cfg.backbone.name, cfg.backbone.params,
+                                 BackboneContext(cache, torch.device("cpu"), cfg.seed, False))
+        rctx = RewardContext(cache, torch.device("cpu"), cfg.seed, getattr(self.bb, "image_size", None), verbose=False)
+        self.rewards = {r.name: build_reward(r.name, r.params, rctx) for r in cfg.rewards}
+        self.proxy_w = {r.name: r.weight for r in cfg.rewards if r.role == "proxy"}
+        self.params = self.bb.trainable_parameters()
+        self.opt = build_optimizer(self.params, cfg.train)
+        self.all_prompts = load_prompts(cfg.prompts.source, cfg.prompts.path)
+        self.sigmas = self.bb.sigmas(cfg.sample.num_steps, cfg.sample.shift)
+        self.trained = cfg.trained_step_indices()
+
+    def epoch(self, epoch: int) -> tuple[float, float]:
+        import torch
+
+        from .core import group_advantages, policy_loss, sde_step
+        from .prompts import draw_epoch_prompts
+        from .rewards import weighted_sum
+        from .seeding import derive_generator
+        from .train.rollout import per_sample_noise, rollout
+
+        cfg, bb, sigmas, trained = self.cfg, self.bb, self.sigmas, self.trained
+        s, t, lo = cfg.sample, cfg.train, cfg.loss
+        b = s.prompts_per_epoch * s.group_size
         t0 = time.perf_counter()
-        ep_prompts = draw_epoch_prompts(all_prompts, s.prompts_per_epoch, cfg.seed, epoch)
+        ep_prompts = draw_epoch_prompts(self.all_prompts, s.prompts_per_epoch, cfg.seed, epoch)
         perm = torch.randperm(b, generator=derive_generator(cfg.seed, "minibatch", epoch))
         prompts = [ep_prompts[int(i) // s.group_size] for i in perm]
         bb.eval()
@@ -218,9 +252,9 @@ def _reference_epochs(cfg, epochs: int) -> dict:
                        sde_steps=list(range(s.num_steps)), noise_level=s.noise_level, sde_type=s.sde_type,
                        reduction=lo.reduction, batch_size=s.batch_size)
         images = bb.decode(traj.final).float()
-        vals = {k: rewards[k](images, prompts, [{} for _ in prompts]).float() for k in proxy_w}
-        adv = group_advantages(weighted_sum(vals, proxy_w), perm // s.group_size, std_mode=t.adv_std, eps=t.adv_eps,
-                               clip_max=t.adv_clip_max).advantages
+        vals = {k: self.rewards[k](images, prompts, [{} for _ in prompts]).float() for k in self.proxy_w}
+        adv = group_advantages(weighted_sum(vals, self.proxy_w), perm // s.group_size, std_mode=t.adv_std,
+                               eps=t.adv_eps, clip_max=t.adv_clip_max).advantages
         bb.train()
         ep_loss, count = 0.0, 0
         for _ in range(t.inner_epochs):
@@ -245,12 +279,10 @@ def _reference_epochs(cfg, epochs: int) -> dict:
                     (loss / len(trained)).backward()
                     ep_loss += float(loss)
                     count += 1
-                torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - t0)
-        losses.append(ep_loss / count)
-    return {"ref_epoch_s": float(np.median(times[1:])) if len(times) > 1 else times[0], "ref_losses": losses}
+                torch.nn.utils.clip_grad_norm_(self.params, t.max_grad_norm)
+                self.opt.step()
+                self.opt.zero_grad(set_to_none=True)
+        return time.perf_counter() - t0, ep_loss / count
 
 
 def _child(setting_json: str) -> dict:
@@ -265,6 +297,10 @@ def _child(setting_json: str) -> dict:
     out: dict = {"name": spec["name"]}
     clock = _NetworkClock()
     clock.install()
+    ref_epochs: list[tuple[float, float]] = []
+    if spec.get("reference"):  # paired: one reference epoch after each of ours, under the same machine load
+        ref = _ReferenceLoop(cfg)
+        clock.after_row = lambda row: ref_epochs.append(ref.epoch(row["epoch"]))
     with tempfile.TemporaryDirectory() as d:
         cfg.log.checkpoint_every = 0
         train(cfg, Path(d) / "run", log=lambda *_: None)
@@ -290,11 +326,11 @@ def _child(setting_json: str) -> dict:
         out.update(_floor(cfg))
         out["overhead"] = out["epoch_s"] / (out["rollout_floor_s"] + out["update_floor_s"])
     if spec.get("reference"):
-        ref = _reference_epochs(cfg, len(rows))
-        out.update(ref)
-        out["ours_over_reference"] = out["epoch_s"] / ref["ref_epoch_s"]
-        ours = [x for x in out["losses"]]
-        out["max_loss_diff"] = float(max(abs(a - b) for a, b in zip(ours, ref["ref_losses"])))
+        pairs = [r["epoch_seconds"] / sec for r, (sec, _) in zip(rows, ref_epochs)][1:]
+        out.update({"ref_epoch_s": float(np.median([sec for sec, _ in ref_epochs[1:]])),
+                    "ref_losses": [loss for _, loss in ref_epochs],
+                    "ours_over_reference": float(np.median(pairs)), "ours_over_reference_pairs": pairs,
+                    "max_loss_diff": float(max(abs(a - b) for a, (_, b) in zip(out["losses"], ref_epochs)))})
     return out
 
 
@@ -382,7 +418,13 @@ def run_bench(out: Path, *, epochs: int = 6, quick: bool = False, overrides: lis
     for name in names:
         config, ov = SETTINGS[name]
         log(f"[bench] {name}")
-        res["settings"].append(_run_child(spec(name, config, ov, floor=True, reference=True)))
+        r = _run_child(spec(name, config, ov, floor=True))
+        log(f"[bench] {name}: paired with the reference-style loop")
+        paired = _run_child(spec(name, config, ov, reference=True))
+        r.update({k: paired[k] for k in ("ref_epoch_s", "ref_losses", "ours_over_reference",
+                                          "ours_over_reference_pairs", "max_loss_diff")})
+        r["paired_epoch_s"] = float(np.median(paired["epoch_s_all"][1:]))
+        res["settings"].append(r)
     if not quick:
         base_cfg, base_ov = SETTINGS["toy-sd3-32px"]
         axes = {"group_size": ("sample.group_size", [4, 8, 16]), "num_steps": ("sample.num_steps", [5, 10, 20]),

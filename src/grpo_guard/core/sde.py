@@ -38,6 +38,8 @@ __all__ = [
     "SDE_TYPES",
     "REDUCTIONS",
     "SDEStepOutput",
+    "SDECoefficients",
+    "sde_coefficients",
     "sde_sigma_t",
     "sde_velocity_gain",
     "gaussian_log_prob",
@@ -69,20 +71,57 @@ class SDEStepOutput(NamedTuple):
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.promote_types(dtype, torch.float32)
+    """float64 stays float64; every other dtype computes in float32 (``promote_types(dtype, float32)``
+    for real dtypes, without the dispatcher call, which runs several times per step)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def sde_sigma_t(sigma: Tensor, sigma_next: Tensor, noise_level: float, sde_type: str = "flow_grpo") -> Tensor:
+def sde_sigma_t(sigma: Tensor, sigma_next: Tensor, noise_level: float | Tensor,
+                sde_type: str = "flow_grpo") -> Tensor:
     """Diffusion coefficient ``sigma_t`` (excluding ``sqrt(|dt|)``), same shape as ``sigma``.
 
     ``flow_grpo``: ``a * sqrt(t / (1 - t))``, using ``sigma_next`` for the denominator where t == 1.
-    ``dance_grpo``: the constant ``a``.
+    ``dance_grpo``: the constant ``a``. ``noise_level`` ``a`` is a number or a tensor broadcastable
+    to ``sigma`` (one level per step).
     """
     check_choice("sde_type", sde_type, SDE_TYPES)
     if sde_type == "dance_grpo":
-        return torch.full_like(sigma, float(noise_level))
+        return torch.as_tensor(noise_level, dtype=sigma.dtype, device=sigma.device).expand(sigma.shape).clone()
     denom_t = torch.where(sigma >= 1, sigma_next, sigma)
     return noise_level * torch.sqrt(sigma / (1 - denom_t))
+
+
+class SDECoefficients(NamedTuple):
+    """Per-step coefficients of :func:`sde_step`, elementwise in ``sigma``'s shape: the mean is
+    ``x * c_x + v * c_v`` and the next state ``mean + std * eps``.
+
+    Attributes:
+        c_x: ``1 + sigma_t^2 / (2 t) * dt``.
+        c_v: ``(1 + sigma_t^2 (1 - t) / (2 t)) * dt``.
+        std: ``s_t = sigma_t * sqrt(|dt|)``.
+        sigma_t: the diffusion coefficient (see :func:`sde_sigma_t`).
+    """
+
+    c_x: Tensor
+    c_v: Tensor
+    std: Tensor
+    sigma_t: Tensor
+
+
+def sde_coefficients(sigma: Tensor, sigma_next: Tensor, noise_level: float | Tensor,
+                     sde_type: str = "flow_grpo") -> SDECoefficients:
+    """The coefficients of :func:`sde_step` for any shape of ``sigma`` / ``sigma_next`` (computed in
+    their dtype, elementwise, so a whole schedule at once gives bit for bit the values a per-sample
+    call computes). ``noise_level`` may be a tensor of one level per entry; with ``a = 0``, ``c_x`` is
+    exactly 1 and ``c_v`` exactly ``dt`` (the Euler step)."""
+    dt = sigma_next - sigma
+    sigma_t = sde_sigma_t(sigma, sigma_next, noise_level, sde_type)
+    # mu = x + [v + sigma_t^2 / (2t) (x + (1 - t) v)] dt, regrouped as x * c_x + v * c_v: three full-size
+    # operations in the step instead of seven
+    half_s2_over_t = sigma_t**2 / (2 * sigma)
+    c_x = 1 + half_s2_over_t * dt
+    c_v = (1 + half_s2_over_t * (1 - sigma)) * dt
+    return SDECoefficients(c_x, c_v, sigma_t * torch.sqrt(sigma - sigma_next), sigma_t)
 
 
 def sde_velocity_gain(sigma: Tensor, sigma_t: Tensor) -> Tensor:
@@ -108,9 +147,10 @@ def gaussian_log_prob(x: Tensor, mean: Tensor, std: Tensor, reduction: str = "me
     check_choice("reduction", reduction, REDUCTIONS)
     dtype = _compute_dtype(mean.dtype)
     diff = (x.detach().to(dtype) - mean.to(dtype)).flatten(1)
-    sq = torch.linalg.vecdot(diff, diff) / diff.shape[1]  # (B,) mean over dims of (x - mu)^2
+    sq = torch.linalg.vecdot(diff, diff)  # (B,) sum over dims of (x - mu)^2
     std = std.to(dtype)
-    per_dim = -sq / (2 * std**2) - torch.log(std) - _HALF_LOG_2PI
+    # -mean_d (x - mu)^2 / (2 std^2) - log std - log(2 pi) / 2, in five operations
+    per_dim = torch.addcdiv(-(torch.log(std) + _HALF_LOG_2PI), sq, std.square(), value=-0.5 / diff.shape[1])
     if reduction == "sum":
         return per_dim * diff.shape[1]
     return per_dim
@@ -129,6 +169,7 @@ def sde_step(
     reduction: str = "mean",
     sde_type: str = "flow_grpo",
     check_inputs: bool = True,
+    coefficients: SDECoefficients | None = None,
 ) -> SDEStepOutput:
     """One Flow-GRPO SDE step from ``state`` at ``sigma`` to ``sigma_next`` and its log-prob.
 
@@ -146,6 +187,9 @@ def sde_step(
         reduction: ``"mean"`` or ``"sum"`` over the D dimensions for the log-prob.
         sde_type: ``"flow_grpo"`` (sigma_t = a sqrt(t/(1-t))) or ``"dance_grpo"`` (sigma_t = a).
         check_inputs: validate shapes, ranges and finiteness (costs one device sync).
+        coefficients: this step's :func:`sde_coefficients` for ``(sigma, sigma_next, noise_level,
+            sde_type)``, 0-d or (B,), computed in advance (the rollout computes the whole schedule's
+            at once); the result is the same as without them.
 
     Returns:
         :class:`SDEStepOutput` (next_state, log_prob, mean, std, sigma_t).
@@ -156,8 +200,9 @@ def sde_step(
         raise ValueError(f"state: expected shape (B, *D) with at least 2 dims, got {tuple(state.shape)}")
     bsz = state.shape[0]
     dtype = _compute_dtype(state.dtype)
-    sig = as_per_sample("sigma", sigma, bsz, state).to(dtype)
-    sig_next = as_per_sample("sigma_next", sigma_next, bsz, state).to(dtype)
+    if check_inputs or coefficients is None:
+        sig = as_per_sample("sigma", sigma, bsz, state).to(dtype)
+        sig_next = as_per_sample("sigma_next", sigma_next, bsz, state).to(dtype)
     if check_inputs:
         check_same_shape("velocity", velocity, "state", state)
         check_same_shape("next_state", next_state, "state", state)
@@ -181,23 +226,21 @@ def sde_step(
     bshape = (bsz,) + (1,) * (state.ndim - 1)
     x = state.to(dtype)
     v = velocity.to(dtype)
-    dt = sig_next - sig
-    sigma_t = sde_sigma_t(sig, sig_next, noise_level, sde_type)
-    # mu = x + [v + sigma_t^2 / (2t) (x + (1 - t) v)] dt, regrouped per sample as x * c_x + v * c_v: three
-    # full-size operations instead of seven (this runs at every step of every rollout and training call);
-    # with a = 0, c_x = 1 and c_v = dt, so the Euler step x + v dt is reproduced bit for bit
-    half_s2_over_t = sigma_t**2 / (2 * sig)
-    c_x = (1 + half_s2_over_t * dt).view(bshape)
-    c_v = ((1 + half_s2_over_t * (1 - sig)) * dt).view(bshape)
-    mean = x * c_x + v * c_v
-    std = sigma_t * torch.sqrt(sig - sig_next)
+    coef = coefficients if coefficients is not None else sde_coefficients(sig, sig_next, noise_level, sde_type)
+    c_x, c_v, std, sigma_t = (t.to(dtype) for t in coef)
+    if std.ndim == 0:  # one step for the whole batch: the coefficients broadcast as scalars
+        mean = x * c_x + v * c_v
+        std_b, std, sigma_t = std, std.expand(bsz), sigma_t.expand(bsz)
+    else:
+        mean = x * c_x.view(bshape) + v * c_v.view(bshape)
+        std_b = std.view(bshape)
 
     if noise_level == 0:
         return SDEStepOutput(mean, None, mean, std, sigma_t)
     if next_state is None:
         if noise is None:
             noise = torch.randn(state.shape, generator=generator, device=state.device, dtype=dtype)
-        next_state = torch.addcmul(mean, std.view(bshape), noise.to(dtype))
+        next_state = torch.addcmul(mean, std_b, noise.to(dtype))
     else:
         next_state = next_state.to(dtype)
     log_prob = gaussian_log_prob(next_state, mean, std, reduction)

@@ -275,7 +275,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, accelerator, rank: int, worl
         epoch_prompts = draw_epoch_prompts(all_prompts, s.prompts_per_epoch, cfg.seed, epoch)
         perm = torch.randperm(batch, generator=derive_generator(cfg.seed, "minibatch", epoch))
         local_global = perm[rank::world]
-        local_prompts = [epoch_prompts[int(i) // s.group_size] for i in local_global]
+        local_prompts = [epoch_prompts[i // s.group_size] for i in local_global.tolist()]
 
         # 2. rollout
         t0 = time.perf_counter()
@@ -388,9 +388,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, accelerator, rank: int, worl
                 row["grad_norm_spread"] = float(spread(torch.tensor(step_norms))) if min(step_norms) > 0 else None
             if result.entries:
                 ent = {k: _gather_cat(accelerator, v.to(device)).cpu() for k, v in result.entries.items()}
-                pos = {k: j for j, k in enumerate(trained_steps)}
-                step_pos = torch.tensor([pos[int(k)] for k in ent["step"]], dtype=torch.long)
-                st = per_step_ratio_stats(step_pos, ent["log_ratio"], ent["advantage"], len(trained_steps),
+                st = per_step_ratio_stats(ent["step_pos"], ent["log_ratio"], ent["advantage"], len(trained_steps),
                                           cfg.loss.clip_range, log_ratio_used=ent["log_ratio_used"],
                                           bias=ent["bias"] if bool(torch.isfinite(ent["bias"]).all()) else None,
                                           reduction=cfg.loss.reduction,

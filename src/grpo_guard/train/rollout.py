@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..backbones.base import Backbone, Conditioning
-from ..core import sde_step
+from ..backbones.base import Conditioning
+from ..core import SDECoefficients, sde_coefficients, sde_step
+from ..core.sde import _compute_dtype
 from ..core._checks import check_finite
 from ..seeding import derive_generator
 
@@ -97,14 +98,24 @@ def rollout(
     next_latents = torch.empty_like(latents)
     means = torch.empty_like(latents)
     log_probs = torch.empty((bsz, t_count), device=device)
+    # the whole schedule's step coefficients at once (elementwise: the same values per-sample calls give),
+    # and each batch's conditioning once: the step loop then runs only the per-step tensor work
+    levels = [noise_level if k in sde_set else 0.0 for k in range(num_steps)]
+    sig = sigmas.to(device=device, dtype=_compute_dtype(x.dtype))
+    table = sde_coefficients(sig[:-1], sig[1:], torch.tensor(levels, dtype=sig.dtype, device=device), sde_type)
+    step_coefs = [SDECoefficients(*c) for c in zip(*(t.unbind(0) for t in table))]
+    step_sigmas = sigmas.to(device).unbind(0)
+    batches = [(slice(i, i + batch_size), cond.index(slice(i, i + batch_size))) for i in range(0, bsz, batch_size)]
     for k in range(num_steps):
-        sigma = sigmas[k].to(device).expand(bsz)
-        v = torch.cat([velocity_fn(x[i:i + batch_size], sigma[i:i + batch_size], cond.index(slice(i, i + batch_size)))
-                       for i in range(0, bsz, batch_size)])
+        sigma = step_sigmas[k].expand(bsz)
+        if len(batches) == 1:
+            v = velocity_fn(x, sigma, batches[0][1])
+        else:
+            v = torch.cat([velocity_fn(x[sl], sigma[sl], c) for sl, c in batches])
         check_finite("velocity", v)  # the model's output: the only input of the step not checked above
-        a = noise_level if k in sde_set else 0.0
+        a = levels[k]
         out = sde_step(v, x, sigmas[k], sigmas[k + 1], a, noise=noise[:, k + 1].to(device) if a > 0 else None,
-                       sde_type=sde_type, reduction=reduction, check_inputs=False)
+                       sde_type=sde_type, reduction=reduction, check_inputs=False, coefficients=step_coefs[k])
         if k in trained:
             j = trained[k]
             latents[:, j] = x

@@ -83,9 +83,9 @@ class UpdateResult:
     """Statistics of one epoch's update.
 
     ``scalars``: means over all minibatches of the loss statistics. ``entries``: per-entry tensors of
-    the off-policy minibatches (``step``, ``advantage``, ``log_ratio``, ``log_ratio_used``, ``bias``),
-    for :func:`grpo_guard.core.per_step_ratio_stats`. ``preflight_max_abs_log_ratio``: measured on the
-    first minibatch when the preflight ran. ``grad_norm_total``: pre-clipping norm of each update.
+    the off-policy minibatches (``step_pos``, the entry's position in the trained steps; ``advantage``,
+    ``log_ratio``, ``log_ratio_used``, ``bias``), for :func:`grpo_guard.core.per_step_ratio_stats`.
+    ``preflight_max_abs_log_ratio``: measured on the first minibatch when the preflight ran. ``grad_norm_total``: pre-clipping norm of each update.
     """
 
     scalars: dict[str, float] = field(default_factory=dict)
@@ -149,13 +149,14 @@ def _entry_loss(
     in one forward call: the mean over the (step, sample) entries, rows ordered step-major."""
     js = [js] if isinstance(js, int) else list(js)
     n = idx.numel()
-    x = torch.cat([traj.latents[idx, j] for j in js])
-    ks = [int(traj.step_indices[j]) for j in js]
-    sig = torch.stack([s.sigmas[k] for k in ks]).to(x.device).repeat_interleave(n)
-    sig_next = torch.stack([s.sigmas[k + 1] for k in ks]).to(x.device).repeat_interleave(n)
-    c = cond.index(idx)
-    c = c if len(js) == 1 else Conditioning.cat([c] * len(js))
-    nxt = torch.cat([traj.next_latents[idx, j] for j in js])
+    # every (step, sample) entry with one gather per stored tensor, rows step-major: (len(js), n) -> rows
+    jt = torch.tensor(js, dtype=torch.long, device=idx.device)
+    rows = (idx[None, :], jt[:, None])
+    x = traj.latents[rows].flatten(0, 1)
+    nxt = traj.next_latents[rows].flatten(0, 1)
+    ks = traj.step_indices.to(s.sigmas.device)[jt].repeat_interleave(n)
+    sig, sig_next = s.sigmas[ks].to(x.device), s.sigmas[ks + 1].to(x.device)
+    c = cond.index(idx if len(js) == 1 else idx.repeat(len(js)))
     v = velocity_fn(x, sig, c)
     # no input checks in the hot path: the tensors come from the rollout, and a NaN / Inf velocity must
     # reach the loss so that the update is skipped (update_policy), not raise
@@ -167,11 +168,10 @@ def _entry_loss(
             v_ref = reference_fn(x, sig, c)
             ref_mean = sde_step(v_ref, x, sig, sig_next, s.noise_level, next_state=nxt,
                                 sde_type=s.sde_type, reduction=s.loss.reduction, check_inputs=False).mean
-    old_log_prob = torch.cat([traj.log_probs[idx, j] for j in js])
-    old_mean = torch.cat([traj.means[idx, j] for j in js])
     return policy_loss(
-        cur.log_prob, old_log_prob, advantages[idx].repeat(len(js)),
-        mean=cur.mean, old_mean=old_mean, std=cur.std, dt=sig_next - sig, sigma=sig, sigma_t=cur.sigma_t,
+        cur.log_prob, traj.log_probs[rows].flatten(), advantages[idx].repeat(len(js)),
+        mean=cur.mean, old_mean=traj.means[rows].flatten(0, 1), std=cur.std, dt=sig_next - sig, sigma=sig,
+        sigma_t=cur.sigma_t,
         ref_mean=ref_mean, ratio_mode=s.loss.ratio_mode, step_weight=s.loss.step_weight,
         clip_range=s.loss.clip_range, kl_coef=s.loss.kl_coef, reduction=s.loss.reduction,
         official_compat=s.loss.official_compat, check_inputs=False,
@@ -235,7 +235,7 @@ def update_policy(
                     sums[key] += val * weight
                 count += weight
                 if off_policy:
-                    entries["step"].append(traj.step_indices[js].to(torch.long).cpu().repeat_interleave(sub.numel()))
+                    entries["step_pos"].append(torch.tensor(js).repeat_interleave(sub.numel()))
                     entries["advantage"].append(advantages[sub].detach().float().cpu().repeat(len(js)))
                     for key in ("log_ratio", "log_ratio_used", "bias"):
                         entries[key].append(st[key].float().cpu())
