@@ -1,6 +1,6 @@
 """``grpo-guard bench``: speed and memory of the training loop against the model's own compute (the
-floor) and against a reference-style loop, plus scaling, the training-forward row bound, memory over
-many epochs and the SDE window.
+floor) and against a reference-style loop, plus scaling, the training-forward row and memory bounds,
+memory over many epochs and the SDE window.
 
 Every measurement runs in its own subprocess (a clean peak-RSS figure) and prints one JSON line; the
 parent collects them into ``OUT/bench.json`` and prints a table. Definitions:
@@ -315,6 +315,7 @@ def _child(setting_json: str) -> dict:
                 "insitu_overhead": float(np.median([r["epoch_seconds"] / r["network_seconds"] for r in steady])),
                 "epoch_s_all": [r["epoch_seconds"] for r in rows],
                 "losses": [r.get("loss") for r in rows], "peak_rss_mb": _peak_rss_mb(),
+                "forward_mb_per_row": rows[0].get("forward_mb_per_row"),
                 "rss_curve_mb": None})
     s = cfg.sample
     b = s.prompts_per_epoch * s.group_size
@@ -411,6 +412,7 @@ def run_bench(out: Path, *, epochs: int = 6, quick: bool = False, overrides: lis
 
     res: dict = {"machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]}, "epochs": epochs,
                  "date": time.strftime("%Y-%m-%d"), "settings": [], "scaling": {}, "forward_rows": None,
+                 "forward_mb": None,
                  "memory": None, "sde_window": None}
     import torch
 
@@ -452,6 +454,7 @@ def run_bench(out: Path, *, epochs: int = 6, quick: bool = False, overrides: lis
                 r = _run_child(spec(f"{name}-rows-{rows}", config, [*ov_rows, f"train.max_forward_rows={rows}"]))
                 res["forward_rows"].append({"setting": name, "max_forward_rows": rows, "epoch_s": r["epoch_s"],
                                             "update_s": r["update_s"], "peak_rss_mb": r["peak_rss_mb"]})
+        res["forward_mb"] = forward_memory_sweep(spec, log=log)
         log("[bench] SDE window")
         full = _run_child(spec("window-full", base_cfg, base_ov))
         half = _run_child(spec("window-half", base_cfg, [*base_ov, "sample.sde_window=[0, 5]"]))
@@ -469,6 +472,29 @@ def run_bench(out: Path, *, epochs: int = 6, quick: bool = False, overrides: lis
 
     atomic_write_text(out / "bench.json", json.dumps(res, indent=1))
     return res
+
+
+#: train.max_forward_mb values of the memory-bound sweep (toy-sd3-32px: 32 rows per trained step)
+FORWARD_MB = (16, 64, 256)
+
+
+def forward_memory_sweep(spec, budgets=FORWARD_MB, log=print) -> list[dict]:
+    """toy-sd3-32px with ``train.max_forward_mb`` at each budget (no row bound): the measured MiB of saved
+    activations per row, the rows per call it allows, update seconds and peak RSS. ``spec(name, config,
+    overrides)`` makes a measurement's spec (as in :func:`run_bench`)."""
+    from .train.forward_memory import rows_for_budget
+
+    config, ov = SETTINGS["toy-sd3-32px"]
+    ov = [o for o in ov if not o.startswith("train.max_forward")]
+    out = []
+    for mb in budgets:
+        log(f"[bench] toy-sd3-32px train.max_forward_mb={mb}")
+        r = _run_child(spec(f"toy-sd3-32px-mb-{mb}", config, [*ov, "train.max_forward_rows=0",
+                                                             f"train.max_forward_mb={mb}"]))
+        per_row = r["forward_mb_per_row"]
+        out.append({"max_forward_mb": mb, "mb_per_row": per_row, "rows": rows_for_budget(mb, per_row * 2**20),
+                    "epoch_s": r["epoch_s"], "update_s": r["update_s"], "peak_rss_mb": r["peak_rss_mb"]})
+    return out
 
 
 def targets(res: dict) -> list[tuple[str, str, bool]]:
@@ -519,6 +545,10 @@ def format_table(res: dict) -> str:
         lines.append("\ntraining-forward row bound (train.max_forward_rows): " + "; ".join(
             f"{p['setting']} {p['max_forward_rows']}: epoch {p['epoch_s']:.2f} s, update {p['update_s']:.2f} s, "
             f"{p['peak_rss_mb']:.0f} MB" for p in res["forward_rows"]))
+    if res.get("forward_mb"):
+        lines.append("\ntraining-forward memory bound (train.max_forward_mb, toy-sd3-32px): " + "; ".join(
+            f"{p['max_forward_mb']} MiB: {p['mb_per_row']:.3g} MiB per row -> {p['rows']} rows, update "
+            f"{p['update_s']:.2f} s, {p['peak_rss_mb']:.0f} MB" for p in res["forward_mb"]))
     if res.get("sde_window"):
         w = res["sde_window"]
         lines.append(f"\nSDE window [0, 5) vs all steps: update time x{w['update_ratio']:.2f} for trained steps "

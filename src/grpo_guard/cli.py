@@ -396,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    from .malloc import tune_glibc_malloc
+
+    tune_glibc_malloc()  # large tensors' memory reused instead of page-faulted in at every call (CPU)
     try:
         return args.func(args)
     except UsageError as e:

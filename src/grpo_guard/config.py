@@ -90,6 +90,10 @@ class TrainConfig:
     # network call; several steps go together when the minibatch is small, a large minibatch is split
     # into slices of samples; 0 = one step of the whole minibatch per call
     max_forward_rows: int = 0
+    # memory bound of the training forward in MiB of activations saved for the backward, measured per
+    # row on the run's first training call (grpo_guard.train.forward_memory); 0 = off. With
+    # max_forward_rows also set, the smaller bound holds.
+    max_forward_mb: float = 0.0
     timestep_fraction: float = 0.99  # train the first int(K * fraction) steps (of the SDE window)
     adv_std: str = "group"
     adv_eps: float = 1e-4
@@ -191,6 +195,8 @@ class RunConfig:
         need(t.updates_per_epoch >= 1, "train.updates_per_epoch", "must be >= 1")
         need(t.inner_epochs >= 1, "train.inner_epochs", "must be >= 1")
         need(t.max_forward_rows >= 0, "train.max_forward_rows", "must be >= 0 (0: one step per call)")
+        need(t.max_forward_mb >= 0 and math.isfinite(t.max_forward_mb), "train.max_forward_mb",
+             "must be a finite number >= 0 (0: no memory bound)")
         need(0 < t.timestep_fraction <= 1, "train.timestep_fraction", "must be in (0, 1]")
         need(t.adv_std in STD_MODES, "train.adv_std", f"must be one of {STD_MODES}")
         need(t.adv_clip_max > 0, "train.adv_clip_max", "must be > 0")

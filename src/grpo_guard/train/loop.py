@@ -42,7 +42,7 @@ from .monitor import OveroptimizationMonitor
 from .rollout import per_sample_noise, rollout
 from .faults import StopRequest, fault_point
 from .runlog import MetricsLog, RunDirError, RunLock, atomic_write_text, save_image_grid, to_jsonable
-from .update import PreflightError, UpdateSettings, build_optimizer, measure_step_grad_norms, update_policy
+from .update import PreflightError, UpdateSettings, build_optimizer, measure_step_grad_norms, row_bound, update_policy
 
 __all__ = ["train", "TrainingStopped", "TrainingInterrupted", "OutputWriteError", "RunDirError", "PreflightError", "prepare_run_dir"]
 
@@ -233,7 +233,9 @@ def _train(cfg: RunConfig, out: Path, resume: bool, accelerator, rank: int, worl
 
     settings_base = dict(sigmas=sigmas, noise_level=s.noise_level, sde_type=s.sde_type, guidance_scale=s.guidance_scale,
                          loss=cfg.loss, updates_per_epoch=t.updates_per_epoch, inner_epochs=t.inner_epochs,
-                         max_grad_norm=t.max_grad_norm, max_forward_rows=t.max_forward_rows)
+                         max_grad_norm=t.max_grad_norm, max_forward_rows=t.max_forward_rows,
+                         max_forward_mb=t.max_forward_mb)
+    forward_bytes_per_row = None  # train.max_forward_mb: measured on the first training call
     velocity = lambda x, sig, c: backbone(x, sig, c, s.guidance_scale)  # noqa: E731
 
     def evaluate() -> tuple[dict, Tensor]:
@@ -335,7 +337,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, accelerator, rank: int, worl
             # 5. update
             t0 = time.perf_counter()
             backbone.train()
-            settings = UpdateSettings(**settings_base,
+            settings = UpdateSettings(**settings_base, forward_bytes_per_row=forward_bytes_per_row,
                                       preflight_tol=t.preflight_tol if preflight_pending else None)
             step_norms = None
             if t.grad_norm_every and epoch % t.grad_norm_every == 0:
@@ -346,6 +348,16 @@ def _train(cfg: RunConfig, out: Path, resume: bool, accelerator, rank: int, worl
                                    local_orders=[torch.arange(len(local_prompts))] * t.inner_epochs,
                                    settings=settings, after_step=ema.update if ema is not None else None)
             preflight_pending = result.preflight_max_abs_log_ratio is None and preflight_pending
+            if result.forward_bytes_per_row is not None:
+                forward_bytes_per_row = result.forward_bytes_per_row
+                rows = row_bound(t.max_forward_rows, t.max_forward_mb, forward_bytes_per_row)
+                row["forward_mb_per_row"] = forward_bytes_per_row / 2**20
+                if is_main:
+                    ckpt = any(getattr(m, "gradient_checkpointing", False) is True for m in backbone.modules())
+                    log(f"training forward: {forward_bytes_per_row / 2**20:.3g} MiB of saved activations per row; "
+                        f"train.max_forward_mb {t.max_forward_mb:g} -> at most {rows} rows per call"
+                        + (" (gradient checkpointing is on: the activations recomputed in the backward are not "
+                           "counted; leave headroom)" if ckpt else ""))
             update_s = time.perf_counter() - t0
             state.skipped_updates += result.skipped_updates
             if result.skipped_updates:

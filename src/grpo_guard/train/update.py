@@ -4,10 +4,11 @@ For each minibatch and each trained step, the current velocity is recomputed at 
 the stored next state is re-scored with :func:`grpo_guard.sde_step` (the same function the rollout
 used, so the on-policy ratio is 1) and :func:`grpo_guard.policy_loss` gives the loss. Several
 trained steps go through the network in ONE call (their states stacked, each row with its own
-sigma) while the rows stay within ``max_forward_rows``; the loss is the same mean over (sample,
-step) entries either way. Gradients are accumulated over the trained steps and the optimizer steps
-once per minibatch. The first minibatch
-is on-policy; later ones are off-policy, which is where the ratio leaves 1 and clipping acts.
+sigma) while the rows stay within ``max_forward_rows`` and, with ``max_forward_mb``, within that many
+MiB of saved activations (measured on the run's first training call, :mod:`.forward_memory`); the
+loss is the same mean over (sample, step) entries either way. Gradients are accumulated over the
+trained steps and the optimizer steps once per minibatch. The first minibatch is on-policy; later
+ones are off-policy, which is where the ratio leaves 1 and clipping acts.
 
 Distributed: each process holds its own samples. Losses are scaled so that, after DDP averages the
 gradients, every (sample, step) entry of the *global* minibatch has the same weight as in a single
@@ -30,10 +31,11 @@ from ..config import LossConfig, TrainConfig
 from ..core import grad_norm, policy_loss, sde_step
 from ..sharding import any_sharded, full_tensor
 from .faults import fault_point
+from .forward_memory import count_saved_bytes, rows_for_budget
 from .rollout import Trajectory
 
 __all__ = ["PreflightError", "UpdateSettings", "UpdateResult", "update_policy", "measure_step_grad_norms",
-           "forward_chunks", "step_chunks", "build_optimizer"]
+           "forward_chunks", "step_chunks", "row_bound", "build_optimizer"]
 
 PREFLIGHT_HELP = (
     "the on-policy importance ratio is not 1 before the first update (max |log r| = {value:.3g} > "
@@ -76,6 +78,8 @@ class UpdateSettings:
     max_grad_norm: float
     preflight_tol: float | None  # None: no preflight this epoch
     max_forward_rows: int = 0  # rows per training forward call (samples x steps x CFG); 0: one step per call
+    max_forward_mb: float = 0.0  # saved activations per training call, MiB (0: no memory bound)
+    forward_bytes_per_row: float | None = None  # measured by an earlier update (None: measure on the first call)
 
 
 @dataclass
@@ -85,7 +89,9 @@ class UpdateResult:
     ``scalars``: means over all minibatches of the loss statistics. ``entries``: per-entry tensors of
     the off-policy minibatches (``step_pos``, the entry's position in the trained steps; ``advantage``,
     ``log_ratio``, ``log_ratio_used``, ``bias``), for :func:`grpo_guard.core.per_step_ratio_stats`.
-    ``preflight_max_abs_log_ratio``: measured on the first minibatch when the preflight ran. ``grad_norm_total``: pre-clipping norm of each update.
+    ``preflight_max_abs_log_ratio``: measured on the first minibatch when the preflight ran.
+    ``forward_bytes_per_row``: the activation bytes per row of the first training call, when
+    ``max_forward_mb`` is set and no earlier update measured them (the largest over the processes). ``grad_norm_total``: pre-clipping norm of each update.
     """
 
     scalars: dict[str, float] = field(default_factory=dict)
@@ -94,6 +100,7 @@ class UpdateResult:
     grad_norm_total: list[float] = field(default_factory=list)
     skipped_updates: int = 0
     num_updates: int = 0
+    forward_bytes_per_row: float | None = None  # measured this update (``max_forward_mb`` set, not known before)
 
 
 def _velocity_fns(model: torch.nn.Module, backbone: Backbone, s: UpdateSettings):
@@ -133,6 +140,14 @@ def forward_chunks(idx: Tensor, num_steps: int, rows_per_sample: int, max_rows: 
         return [(idx, js) for js in step_chunks(num_steps, n * rows_per_sample, max_rows)]
     per = max(1, max_rows // rows_per_sample)
     return [(idx[a:a + per], [j]) for j in range(num_steps) for a in range(0, n, per)]
+
+
+def row_bound(max_rows: int, max_mb: float, bytes_per_row: float | None) -> int:
+    """Rows per training call: the smaller of ``max_rows`` (0: none) and what ``max_mb`` MiB of saved
+    activations hold at ``bytes_per_row`` (0 or unknown: none); 0 = no bound, one step per call."""
+    mem = rows_for_budget(max_mb, bytes_per_row) if max_mb > 0 and bytes_per_row else 0
+    bounds = [b for b in (max_rows, mem) if b > 0]
+    return min(bounds) if bounds else 0
 
 
 def _entry_loss(
@@ -213,18 +228,27 @@ def update_policy(
     entries: dict[str, list[Tensor]] = defaultdict(list)
     first = True
     cfg_copies = 1 if s.guidance_scale == 1 else 2
+    bytes_per_row = s.forward_bytes_per_row
     for inner in range(s.inner_epochs):
         for m, idx in enumerate(minibatch_positions(local_orders[inner], s.updates_per_epoch)):
             off_policy = not first
             n = idx.numel()
             # official_compat's ratio terms are batch means that assume one step of the minibatch per call
-            chunks = forward_chunks(idx, t_count, cfg_copies, 0 if s.loss.official_compat else s.max_forward_rows)
+            bound = 0 if s.loss.official_compat else row_bound(s.max_forward_rows, s.max_forward_mb, bytes_per_row)
+            chunks = forward_chunks(idx, t_count, cfg_copies, bound)
             for ci, (sub, js) in enumerate(chunks):
                 sync = nullcontext() if ci == len(chunks) - 1 else accelerator.no_sync(model)
                 weight = len(js) * sub.numel()  # (sample, step) entries in this call
+                measure = s.max_forward_mb > 0 and bytes_per_row is None  # the run's first training call
                 with sync:
-                    with accelerator.autocast():
+                    with (count_saved_bytes([*backbone.parameters(), *backbone.buffers()]) if measure
+                          else nullcontext()) as saved, accelerator.autocast():
                         loss, st = _entry_loss(velocity_fn, traj, sub, js, cond, advantages, s, reference_fn)
+                    if measure:  # the same bound on every process (sharded calls must match)
+                        per_row = torch.tensor([saved.bytes / (weight * cfg_copies)], device=accelerator.device)
+                        if accelerator.num_processes > 1:
+                            per_row = accelerator.reduce(per_row, reduction="max")
+                        bytes_per_row = result.forward_bytes_per_row = float(per_row)
                     if first and s.preflight_tol is not None:
                         val, cur = float(st["log_ratio"].abs().max()), result.preflight_max_abs_log_ratio
                         # NaN must survive the max (Python's max would drop it)
