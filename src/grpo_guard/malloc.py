@@ -3,10 +3,10 @@
 By default glibc serves each allocation above its mmap threshold (128 KiB, raised dynamically up to
 32 MiB) with a fresh ``mmap`` and unmaps it on free, so every training call's large activations are
 page-faulted in again and zeroed by the kernel. On the tiny diffusers SD3 at 64 px (2 CPU cores) that
-was 1.2-1.7 million minor page faults and 5 s of system time per 5-epoch run; with a 1 GiB mmap
-threshold and a 2 GiB trim threshold, 0.35 million and 2 s, and epochs 12-20% faster, at the same
-peak RSS (``docs/benchmarks.md``). PyTorch's CPU tuning guides reach the same end by preloading
-jemalloc or tcmalloc; this needs no extra library.
+was 1.2-1.7 million minor page faults and about 5 s of system time per 5-epoch run; with a 1 GiB
+mmap threshold and a 2 GiB trim threshold, 0.32-0.37 million and about 2 s, and epochs 14% shorter
+(medians), at the same peak RSS (``docs/benchmarks.md``). PyTorch's CPU tuning guides reach the
+same end by preloading jemalloc or tcmalloc; this needs no extra library.
 
 :func:`tune_glibc_malloc` applies it to this process (``mallopt``) and, through ``GLIBC_TUNABLES``, to
 the processes it starts (bench measurements, demo and study workers). It does nothing where the C
