@@ -6,7 +6,11 @@ the backward (the activations, the dominant term of a forward + backward's memor
 call's rows and from then on groups at most ``max_forward_mb / bytes_per_row`` rows per call. The
 measure is device-independent (no allocator statistics), excludes the model's own parameters and
 buffers (they do not grow with rows), and does not see transient buffers inside one operation, so
-the bound is on the memory held between the forward and the backward.
+the bound is on the memory held between the forward and the backward. On the toy SD3 the process's
+peak grew by about 2.6 times the saved activations (the backward's gradients and temporaries; see
+``docs/benchmarks.md``). Under gradient checkpointing only what is kept outside the checkpointed
+blocks is seen; with ``train.fsdp`` the gathered weights saved for the backward count as activations
+(an over-estimate).
 """
 
 from __future__ import annotations

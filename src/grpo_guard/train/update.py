@@ -91,7 +91,8 @@ class UpdateResult:
     ``log_ratio``, ``log_ratio_used``, ``bias``), for :func:`grpo_guard.core.per_step_ratio_stats`.
     ``preflight_max_abs_log_ratio``: measured on the first minibatch when the preflight ran.
     ``forward_bytes_per_row``: the activation bytes per row of the first training call, when
-    ``max_forward_mb`` is set and no earlier update measured them (the largest over the processes). ``grad_norm_total``: pre-clipping norm of each update.
+    ``max_forward_mb`` is set and no earlier update measured them (the largest over the processes).
+    ``grad_norm_total``: pre-clipping norm of each update.
     """
 
     scalars: dict[str, float] = field(default_factory=dict)
