@@ -6,8 +6,8 @@
 Runs the bench's own measurement child (a real ``train()`` with the network clock installed) for one
 setting and prints the medians: epoch, rollout, reward, update and network seconds and the in-situ
 overhead (epoch / network); with ``--paired``, also ours / the reference-style loop, measured as the
-bench does (one reference epoch after each of ours). The tiny-SD3 settings need ``runs/bench/tiny_sd3`` (made by a full bench
-run) or ``--out`` pointing at one.
+bench does (one reference epoch after each of ours). The tiny-SD3 settings keep their pipeline in
+``--out`` (made there on first use).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from grpo_guard.bench import PROMPTS, SETTINGS, _run_child, make_spec
+from grpo_guard.bench import SETTINGS, _run_child, setting_spec
 
 
 def main() -> None:
@@ -26,13 +26,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="extra config overrides")
     ap.add_argument("--paired", action="store_true", help="also run the reference-style loop, paired")
     a = ap.parse_args()
-    a.out.mkdir(parents=True, exist_ok=True)
-    prompts = a.out / "prompts.txt"
-    prompts.write_text("\n".join(PROMPTS) + "\n")
-    config, overrides = SETTINGS[a.setting]
-    spec = make_spec(a.setting, config, overrides, tiny=a.out / "tiny_sd3", prompts=prompts, epochs=a.epochs,
-                     user_overrides=a.set, reference=a.paired)
-    r = _run_child(spec)
+    r = _run_child(setting_spec(a.setting, a.out, a.epochs, a.set, reference=a.paired))
     print(f"{a.setting}, {r['epochs']} epochs (medians after the first): "
           + ", ".join(f"{k} {r[k]:.4f}" for k in ("epoch_s", "rollout_s", "reward_s", "update_s", "network_s"))
           + f"; in-situ overhead {r['insitu_overhead']:.3f}")

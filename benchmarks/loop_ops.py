@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from grpo_guard.bench import _COMMON, PROMPTS, SETTINGS, wrap_network
+from grpo_guard.bench import SETTINGS, setting_spec, wrap_network
 from grpo_guard.config import load_config
 from grpo_guard.train import loop
 
@@ -64,12 +64,8 @@ def main() -> None:
     if a.epochs < 2:
         ap.error("--epochs: at least 2 (the first epoch is not counted)")
     torch.set_num_threads(2)
-    a.out.mkdir(parents=True, exist_ok=True)
-    prompts = a.out / "prompts.txt"
-    prompts.write_text("\n".join(PROMPTS) + "\n")
-    config, ov = SETTINGS[a.setting]
-    ov = [o.replace("{tiny_sd3}", str(a.out / "tiny_sd3")).replace("{prompts}", str(prompts)) for o in ov]
-    cfg = load_config(config, [*ov, *_COMMON, f"train.epochs={a.epochs}", "log.checkpoint_every=0", *a.set])
+    spec = setting_spec(a.setting, a.out, a.epochs, ["log.checkpoint_every=0", *a.set])
+    cfg = load_config(spec["config"], spec["overrides"])
 
     counter = _OpCounter()
 

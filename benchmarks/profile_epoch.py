@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from grpo_guard.bench import _COMMON, PROMPTS, SETTINGS
+from grpo_guard.bench import SETTINGS, setting_spec
 from grpo_guard.config import load_config
 from grpo_guard.train.loop import train
 
@@ -29,17 +29,8 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="extra config overrides")
     a = ap.parse_args()
     torch.set_num_threads(2)
-    tiny = a.out / "tiny_sd3"
-    if "{tiny_sd3}" in " ".join(SETTINGS[a.setting][1]) and not (tiny / "model_index.json").is_file():
-        from grpo_guard.backbones.tiny_pipelines import save_tiny_pipeline
-
-        save_tiny_pipeline("sd3", tiny)
-    a.out.mkdir(parents=True, exist_ok=True)
-    prompts = a.out / "prompts.txt"
-    prompts.write_text("\n".join(PROMPTS) + "\n")
-    config, ov = SETTINGS[a.setting]
-    ov = [o.replace("{tiny_sd3}", str(tiny)).replace("{prompts}", str(prompts)) for o in ov]
-    cfg = load_config(config, [*ov, *_COMMON, f"train.epochs={a.epochs}", "log.checkpoint_every=0", *a.set])
+    spec = setting_spec(a.setting, a.out, a.epochs, ["log.checkpoint_every=0", *a.set])
+    cfg = load_config(spec["config"], spec["overrides"])
     prof = cProfile.Profile()
     with tempfile.TemporaryDirectory() as d:
         prof.enable()

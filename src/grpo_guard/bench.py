@@ -42,7 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SETTINGS", "BenchError", "run_bench", "make_spec", "format_table", "targets", "wrap_network"]
+__all__ = ["SETTINGS", "BenchError", "run_bench", "make_spec", "setting_spec", "prepare_out", "format_table", "targets",
+           "wrap_network"]
 
 
 class BenchError(RuntimeError):
@@ -327,8 +328,9 @@ def _child(setting_json: str) -> dict:
         out.update(_floor(cfg))
         out["overhead"] = out["epoch_s"] / (out["rollout_floor_s"] + out["update_floor_s"])
     if spec.get("reference"):
-        pairs = [r["epoch_seconds"] / sec for r, (sec, _) in zip(rows, ref_epochs)][1:]
-        out.update({"ref_epoch_s": float(np.median([sec for sec, _ in ref_epochs[1:]])),
+        pairs = [r["epoch_seconds"] / sec for r, (sec, _) in zip(rows, ref_epochs)]
+        pairs = pairs[1:] or pairs  # the first pair is warm-up unless it is the only one
+        out.update({"ref_epoch_s": float(np.median([sec for sec, _ in ref_epochs[1:] or ref_epochs])),
                     "ref_losses": [loss for _, loss in ref_epochs],
                     "ours_over_reference": float(np.median(pairs)), "ours_over_reference_pairs": pairs,
                     "max_loss_diff": float(max(abs(a - b) for a, (_, b) in zip(out["losses"], ref_epochs)))})
@@ -387,6 +389,30 @@ def make_spec(name: str, config: str, setting_overrides: list[str], *, tiny: Pat
             "overrides": [*ov, *_COMMON, f"train.epochs={epochs}", *user_overrides], **kw}
 
 
+def prepare_out(out: Path, names) -> tuple[Path, Path]:
+    """``out`` with what settings ``names`` need: the tiny SD3 pipeline (saved once) and the prompt file;
+    returns ``(tiny_sd3_dir, prompts_file)``."""
+    from .backbones.tiny_pipelines import save_tiny_pipeline
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tiny = out / "tiny_sd3"
+    if any("{tiny_sd3}" in " ".join(SETTINGS[n][1]) for n in names) and not (tiny / "model_index.json").is_file():
+        save_tiny_pipeline("sd3", tiny)
+    prompts = out / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    return tiny, prompts
+
+
+def setting_spec(name: str, out: Path, epochs: int, user_overrides: list[str], **kw) -> dict:
+    """The spec of bench setting ``name`` (see :func:`make_spec`), with ``out`` prepared for it; the
+    ``benchmarks/`` scripts start from it."""
+    tiny, prompts = prepare_out(out, [name])
+    config, ov = SETTINGS[name]
+    return make_spec(name, config, ov, tiny=tiny, prompts=prompts, epochs=epochs, user_overrides=user_overrides,
+                     **kw)
+
+
 def _fit_exponent(xs, ys) -> float:
     return float(np.polyfit(np.log(xs), np.log(ys), 1)[0])
 
@@ -395,16 +421,9 @@ def run_bench(out: Path, *, epochs: int = 6, quick: bool = False, overrides: lis
               log=print) -> dict:
     """All measurements (see the module docstring) into ``out/bench.json``; returns the results.
     ``overrides`` (``KEY=VALUE`` config overrides) apply to every measured run, after the settings'."""
-    from .backbones.tiny_pipelines import save_tiny_pipeline
-
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     names = list(SETTINGS) if not quick else ["toy-mlp-8px"]
-    tiny = out / "tiny_sd3"
-    if any("{tiny_sd3}" in " ".join(SETTINGS[n][1]) for n in names) and not (tiny / "model_index.json").is_file():
-        save_tiny_pipeline("sd3", tiny)
-    prompts = out / "prompts.txt"
-    prompts.write_text("\n".join(PROMPTS) + "\n")
+    tiny, prompts = prepare_out(out, names)
 
     def spec(name, config, setting_overrides, **kw):
         return make_spec(name, config, setting_overrides, tiny=tiny, prompts=prompts, epochs=epochs,
