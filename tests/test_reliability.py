@@ -71,17 +71,22 @@ def test_corrupted_and_truncated_checkpoints_are_detected_and_skipped(tmp_path):
 
 
 def test_resume_falls_back_to_the_previous_good_checkpoint_and_matches(tmp_path):
-    cfg = cfg_for(tmp_path / "c", "train.epochs=4")
+    # with a memory bound on the training forward: the resumed run keeps the bytes per row measured on
+    # the run's first call (a new measurement would group the first resumed minibatch differently)
+    mem = ["train.max_forward_mb=1024", "train.max_forward_rows=0"]
+    cfg = cfg_for(tmp_path / "c", "train.epochs=4", *mem)
     ref = tmp_path / "ref"
     train(cfg, ref, log=quiet)
     run = tmp_path / "run"
-    train(cfg_for(tmp_path / "c", "train.epochs=3"), run, log=quiet)
+    train(cfg_for(tmp_path / "c", "train.epochs=3", *mem), run, log=quiet)
     newest = list_checkpoints(run)[-1]
     (newest / "state.json").write_text("{}")  # corrupted: fails its checksum
     msgs = []
     train(cfg, run, resume=True, log=msgs.append)
     assert any("resumed from" in m and "epoch_000002" in m for m in msgs)
+    assert not any("training forward:" in m for m in msgs)  # measured once, in the first process
     assert [strip(r) for r in rows(run)] == [strip(r) for r in rows(ref)]
+    assert [("forward_mb_per_row" in r) for r in rows(run)] == [True, False, False, False]
 
 
 def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
@@ -128,8 +133,10 @@ def test_stale_temporary_checkpoint_dirs_are_cleaned(tmp_path):
 # ---- NaN / Inf ---------------------------------------------------------------------------------------
 
 def _nan_cfg(cache, nan_from, nan_to, *extra):
+    # the tests count training calls: all trained steps of a minibatch in one call from the first epoch on
     return cfg_for(cache, "backbone.name=tiny_backbone:make_nan_backbone",
-                   f"backbone.params={{nan_from: {nan_from}, nan_to: {nan_to}}}", *extra)
+                   f"backbone.params={{nan_from: {nan_from}, nan_to: {nan_to}}}", "train.max_forward_mb=0",
+                   "train.max_forward_rows=512", *extra)
 
 
 def test_transient_nan_updates_are_skipped_and_counted(tmp_path):

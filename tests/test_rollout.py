@@ -1,5 +1,5 @@
-"""The rollout validates its schedule and noise once and the model's velocity at every step (one check
-per step instead of the SDE step's full input checks), and stores the trained transitions."""
+"""The rollout validates its schedule and noise once and the model's velocities through the final state
+(one check per rollout instead of the SDE step's full input checks), and stores the trained transitions."""
 
 import pytest
 import torch
@@ -47,8 +47,29 @@ def test_nan_velocity_is_named():
         calls["n"] += 1
         return x * (float("nan") if calls["n"] == 3 else 1.0)
 
-    with pytest.raises(ValueError, match="velocity: contains NaN or Inf"):
+    with pytest.raises(ValueError, match=r"velocity: contains NaN or Inf \(first seen in the state after schedule "
+                                         r"step 1\)"):  # call 3 = step 1 (2 calls a step)
         _run(v)
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
+@pytest.mark.parametrize("at_call", [1, 5, 10])
+def test_non_finite_velocity_at_any_step_is_caught(bad, at_call):
+    """A non-finite velocity at the first or the last step (deterministic or stochastic) reaches the
+    final state, where the rollout checks it."""
+    calls = {"n": 0}
+
+    def v(x, s, c):
+        calls["n"] += 1
+        out = x.clone()
+        if calls["n"] == at_call:
+            out[0, 0] = bad
+        return out
+
+    for sde_steps in (range(5), [1, 3]):
+        calls["n"] = 0
+        with pytest.raises(ValueError, match="velocity: contains NaN or Inf"):
+            _run(v, sde_steps=sde_steps)
 
 
 @pytest.mark.parametrize("sigmas", [torch.tensor([1.0, 0.5, 0.6, 0.2, 0.1, 0.0]),

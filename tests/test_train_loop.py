@@ -204,3 +204,26 @@ def test_forward_chunks_cover_every_entry_once_within_the_bound():
         assert seen == sorted((int(i), j) for i in idx for j in range(9)), (bound, cfg)
         if bound:
             assert all(len(js) * sub.numel() * cfg <= max(bound, cfg) for sub, js in chunks), (bound, cfg)
+
+
+@pytest.mark.parametrize("sde_type", ["flow_grpo", "dance_grpo"])
+def test_update_step_coefficients_are_the_per_row_values_bit_for_bit(sde_type):
+    """The update gathers each row's SDE coefficients from the schedule's table, computed once; they
+    must be exactly what sde_step computes per row from the row's sigmas (the on-policy ratio is then
+    exactly 1, as the preflight checks)."""
+    import torch
+
+    from grpo_guard.config import LossConfig
+    from grpo_guard.core import flow_sigmas, sde_coefficients
+    from grpo_guard.train.update import UpdateSettings
+
+    sigmas = flow_sigmas(10, 3.0)
+    s = UpdateSettings(sigmas=sigmas, noise_level=0.7, sde_type=sde_type, guidance_scale=1.0, loss=LossConfig(),
+                       updates_per_epoch=1, inner_epochs=1, max_grad_norm=1.0, preflight_tol=None)
+    ks = torch.tensor([0, 3, 3, 9, 5, 0])
+    got = s.step_coefficients(ks, torch.device("cpu"))
+    want = sde_coefficients(sigmas[ks], sigmas[ks + 1], 0.7, sde_type)
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+    again = s.step_coefficients(ks.flip(0), torch.device("cpu"))  # the cached table, other rows
+    assert all(torch.equal(g, w.flip(0)) for g, w in zip(again, want))

@@ -10,7 +10,7 @@ parent collects them into ``OUT/bench.json`` and prints a table. Definitions:
 * floor (isolated): the same number of network calls on the same shapes, timed alone (median of 5):
   the prompt encoding, the rollout's forward calls (no gradient) and the VAE/decoder, plus the
   update's forward + backward calls with the loop's own grouping of steps and samples per call
-  (``train.max_forward_rows``); overhead = epoch time / floor;
+  (``train.max_forward_rows`` and ``train.max_forward_mb``); overhead = epoch time / floor;
 * network time (in situ): the seconds spent inside the backbone's ``encode_prompts``, ``forward``
   and ``decode`` and in ``torch.autograd.backward`` during those same real epochs (median); in-situ
   overhead = epoch time / network time. The isolated floor (identical calls repeated alone) and the
@@ -52,10 +52,11 @@ class BenchError(RuntimeError):
 _COMMON = ["eval.every=0", "train.grad_norm_every=0", "log.image_every=0", "log.progress=false",
            "monitor.enabled=false"]
 
-#: name -> (config, overrides); ``{tiny_sd3}`` is replaced by a saved tiny SD3 pipeline directory. The
-#: tiny SD3 settings bound the training forward at 128 rows: on this CPU, 512-row calls of the diffusers
-#: transformer ran slower per row than 32- to 128-row ones (the row sweep below measures it), while the
-#: toy SD3 transformer is fastest at 512.
+#: name -> (config, overrides); ``{tiny_sd3}`` is replaced by a saved tiny SD3 pipeline directory. The toy
+#: settings keep the toy configs' memory bound on the training forward (1 GiB of saved activations: a
+#: whole minibatch per call in both); the tiny SD3 settings bound it at 128 rows instead: on this CPU,
+#: 512-row calls of the diffusers transformer ran slower per row than 32- to 128-row ones (the row sweep
+#: below measures it).
 SETTINGS: dict[str, tuple[str, list[str]]] = {
     "toy-mlp-8px": ("grpo_guard", ["backbone.params={net: mlp, resolution: 8, layout: pixels, pretrain_steps: 300}",
                                    "sample.prompts_per_epoch=8", "sample.group_size=8"]),
@@ -67,13 +68,13 @@ SETTINGS: dict[str, tuple[str, list[str]]] = {
                                      "prompts={source: file, path: '{prompts}'}",
                                      "rewards=[{name: jpeg_compressibility}]", "eval.evaluator=null",
                                      "sample.prompts_per_epoch=4", "sample.group_size=8",
-                                     "train.max_forward_rows=128"]),
+                                     "train.max_forward_rows=128", "train.max_forward_mb=0"]),
     "sd3-tiny-128px": ("grpo_guard", ["backbone={name: sd3, params: {pretrained: '{tiny_sd3}', resolution: 128, "
                                       "lora_rank: 8, lora_alpha: 16}}", "sample.guidance_scale=4.5",
                                       "prompts={source: file, path: '{prompts}'}",
                                       "rewards=[{name: jpeg_compressibility}]", "eval.evaluator=null",
                                       "sample.prompts_per_epoch=4", "sample.group_size=8",
-                                      "train.max_forward_rows=128"]),
+                                      "train.max_forward_rows=128", "train.max_forward_mb=0"]),
 }
 PROMPTS = ["a red cube on a table", "two cats on a sofa", "a lighthouse at night", "a bowl of green apples"]
 
@@ -153,12 +154,14 @@ def wrap_network(wrap, after_append=None) -> None:
     torch.autograd.backward = wrap(torch.autograd.backward)
 
 
-def _floor(cfg) -> dict:
-    """Seconds of the model's own calls for one epoch of ``cfg`` (see the module docstring)."""
+def _floor(cfg, mb_per_row: float | None) -> dict:
+    """Seconds of the model's own calls for one epoch of ``cfg`` (see the module docstring), the training
+    calls grouped as the loop groups them (``mb_per_row``: the run's measured activations per row, for
+    ``train.max_forward_mb``)."""
     import torch
 
     from .backbones import BackboneContext, build_backbone
-    from .train.update import forward_chunks
+    from .train.update import forward_chunks, row_bound
 
     s, t = cfg.sample, cfg.train
     bb = build_backbone(cfg.backbone.name, cfg.backbone.params,
@@ -189,10 +192,12 @@ def _floor(cfg) -> dict:
     sigu = torch.full((n * t_steps,), 0.5)
     condu = cond.index(torch.arange(n * t_steps) % b)
 
+    bound = row_bound(t.max_forward_rows, t.max_forward_mb, mb_per_row * 2**20 if mb_per_row else None)
+
     def update_calls():
         bb.train()
         for _ in range(t.updates_per_epoch * t.inner_epochs):
-            for sub, js in forward_chunks(idx, t_steps, cfg_copies, t.max_forward_rows):
+            for sub, js in forward_chunks(idx, t_steps, cfg_copies, bound):
                 rows = sub.numel() * len(js)
                 v = bb(xu[:rows], sigu[:rows], condu.index(slice(0, rows)), s.guidance_scale)
                 v.float().square().mean().backward()
@@ -325,7 +330,7 @@ def _child(setting_json: str) -> dict:
     out["denoise_steps_per_s"] = b * s.num_steps / out["rollout_s"]
     out["trained_steps_per_s"] = b * t_steps * cfg.train.inner_epochs / out["update_s"]
     if spec.get("floor"):
-        out.update(_floor(cfg))
+        out.update(_floor(cfg, out["forward_mb_per_row"]))
         out["overhead"] = out["epoch_s"] / (out["rollout_floor_s"] + out["update_floor_s"])
     if spec.get("reference"):
         pairs = [r["epoch_seconds"] / sec for r, (sec, _) in zip(rows, ref_epochs)]
@@ -469,8 +474,9 @@ def run_bench(out: Path, *, epochs: int = 6, quick: bool = False, overrides: lis
             config, ov = SETTINGS[name]
             for rows in (0, 128, 512):
                 log(f"[bench] {name} train.max_forward_rows={rows}")
-                ov_rows = [o for o in ov if not o.startswith("train.max_forward_rows")]
-                r = _run_child(spec(f"{name}-rows-{rows}", config, [*ov_rows, f"train.max_forward_rows={rows}"]))
+                ov_rows = [o for o in ov if not o.startswith("train.max_forward")]
+                r = _run_child(spec(f"{name}-rows-{rows}", config, [*ov_rows, f"train.max_forward_rows={rows}",
+                                                                   "train.max_forward_mb=0"]))
                 res["forward_rows"].append({"setting": name, "max_forward_rows": rows, "epoch_s": r["epoch_s"],
                                             "update_s": r["update_s"], "peak_rss_mb": r["peak_rss_mb"]})
         res["forward_mb"] = forward_memory_sweep(spec, log=log)

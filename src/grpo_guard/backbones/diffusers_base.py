@@ -96,9 +96,9 @@ class DiffusersBackbone(Backbone):
         super().__init__()
         self.pipe = pipe  # a plain attribute: its modules are registered below
         self.transformer = pipe.transformer
-        self.vae = pipe.vae.requires_grad_(False)
+        self.vae = pipe.vae.requires_grad_(False).eval()
         self.text_encoders = nn.ModuleList([m.requires_grad_(False) for name, m in pipe.components.items()
-                                            if name.startswith("text_encoder") and m is not None])
+                                            if name.startswith("text_encoder") and m is not None]).eval()
         scale = pipe.vae_scale_factor
         self.image_size = resolution
         self.latent_shape = (self.transformer.config.in_channels if not self.packed else
@@ -189,12 +189,12 @@ class DiffusersBackbone(Backbone):
         return units
 
     def train(self, mode: bool = True) -> DiffusersBackbone:
-        """Only the transformer follows ``mode`` (encoders, VAE and reference stay in eval)."""
-        super().train(mode)
-        self.vae.eval()
-        self.text_encoders.eval()
-        if self.reference_transformer is not None:
-            self.reference_transformer.eval()
+        """Only the transformer follows ``mode``; the encoders, the VAE and the frozen copy stay in eval
+        (set once in ``__init__``, not walked again at every switch)."""
+        if not isinstance(mode, bool):
+            raise ValueError(f"mode: expected a bool, got {mode!r}")
+        self.training = mode
+        self.transformer.train(mode)
         return self
 
     @contextmanager

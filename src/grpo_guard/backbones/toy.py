@@ -140,11 +140,12 @@ class ToyBackbone(Backbone):
 
     # -- training ----------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> ToyBackbone:
-        """Only the velocity net follows ``mode``; the text encoder and reference stay in eval."""
-        super().train(mode)
-        self.text_encoder.eval()
-        if self.reference_net is not None:
-            self.reference_net.eval()
+        """Only the velocity net follows ``mode``; the text encoder and the frozen copy stay in eval (set
+        once in ``__init__``: the loop switches modes twice an epoch, and each switch walks the modules)."""
+        if not isinstance(mode, bool):
+            raise ValueError(f"mode: expected a bool, got {mode!r}")
+        self.training = mode
+        self.net.train(mode)
         return self
 
     def fsdp_units(self) -> list[nn.Module]:

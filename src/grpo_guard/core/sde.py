@@ -76,6 +76,12 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t.to(dtype)``, skipped when ``t`` already has it: a no-op ``to`` still costs a dispatcher call,
+    and the step and the loss cast every input (several dozen calls per training step)."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 def sde_sigma_t(sigma: Tensor, sigma_next: Tensor, noise_level: float | Tensor,
                 sde_type: str = "flow_grpo") -> Tensor:
     """Diffusion coefficient ``sigma_t`` (excluding ``sqrt(|dt|)``), same shape as ``sigma``.
@@ -146,9 +152,9 @@ def gaussian_log_prob(x: Tensor, mean: Tensor, std: Tensor, reduction: str = "me
     """
     check_choice("reduction", reduction, REDUCTIONS)
     dtype = _compute_dtype(mean.dtype)
-    diff = (x.detach().to(dtype) - mean.to(dtype)).flatten(1)
+    diff = (_cast(x.detach(), dtype) - _cast(mean, dtype)).flatten(1)
     sq = torch.linalg.vecdot(diff, diff)  # (B,) sum over dims of (x - mu)^2
-    std = std.to(dtype)
+    std = _cast(std, dtype)
     # -mean_d (x - mu)^2 / (2 std^2) - log std - log(2 pi) / 2, in five operations
     per_dim = torch.addcdiv(-(torch.log(std) + _HALF_LOG_2PI), sq, std.square(), value=-0.5 / diff.shape[1])
     if reduction == "sum":
@@ -224,10 +230,10 @@ def sde_step(
         raise ValueError("next_state: a deterministic step (noise_level=0) has no density to evaluate")
 
     bshape = (bsz,) + (1,) * (state.ndim - 1)
-    x = state.to(dtype)
-    v = velocity.to(dtype)
+    x = _cast(state, dtype)
+    v = _cast(velocity, dtype)
     coef = coefficients if coefficients is not None else sde_coefficients(sig, sig_next, noise_level, sde_type)
-    c_x, c_v, std, sigma_t = (t.to(dtype) for t in coef)
+    c_x, c_v, std, sigma_t = (_cast(t, dtype) for t in coef)
     if std.ndim == 0:  # one step for the whole batch: the coefficients broadcast as scalars
         mean = x * c_x + v * c_v
         std_b, std, sigma_t = std, std.expand(bsz), sigma_t.expand(bsz)
@@ -240,8 +246,8 @@ def sde_step(
     if next_state is None:
         if noise is None:
             noise = torch.randn(state.shape, generator=generator, device=state.device, dtype=dtype)
-        next_state = torch.addcmul(mean, std_b, noise.to(dtype))
+        next_state = torch.addcmul(mean, std_b, _cast(noise, dtype))
     else:
-        next_state = next_state.to(dtype)
+        next_state = _cast(next_state, dtype)
     log_prob = gaussian_log_prob(next_state, mean, std, reduction)
     return SDEStepOutput(next_state.detach(), log_prob, mean, std, sigma_t)

@@ -78,6 +78,9 @@ class RunState:
     skipped_batches: int = 0
     wall_seconds: float = 0.0
     monitor: dict = field(default_factory=dict)
+    # train.max_forward_mb: saved-activation bytes per row of the training forward, measured on the run's
+    # first training call (kept so that a resumed run groups its calls exactly as the uninterrupted one)
+    forward_bytes_per_row: float | None = None
 
 
 def prepare_run_dir(output_dir: Path, resume: bool) -> None:
@@ -235,7 +238,6 @@ def _train(cfg: RunConfig, out: Path, resume: bool, accelerator, rank: int, worl
                          loss=cfg.loss, updates_per_epoch=t.updates_per_epoch, inner_epochs=t.inner_epochs,
                          max_grad_norm=t.max_grad_norm, max_forward_rows=t.max_forward_rows,
                          max_forward_mb=t.max_forward_mb)
-    forward_bytes_per_row = None  # train.max_forward_mb: measured on the first training call
     velocity = lambda x, sig, c: backbone(x, sig, c, s.guidance_scale)  # noqa: E731
 
     def evaluate() -> tuple[dict, Tensor]:
@@ -337,7 +339,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, accelerator, rank: int, worl
             # 5. update
             t0 = time.perf_counter()
             backbone.train()
-            settings = UpdateSettings(**settings_base, forward_bytes_per_row=forward_bytes_per_row,
+            settings = UpdateSettings(**settings_base, forward_bytes_per_row=state.forward_bytes_per_row,
                                       preflight_tol=t.preflight_tol if preflight_pending else None)
             step_norms = None
             if t.grad_norm_every and epoch % t.grad_norm_every == 0:
@@ -349,7 +351,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, accelerator, rank: int, worl
                                    settings=settings, after_step=ema.update if ema is not None else None)
             preflight_pending = result.preflight_max_abs_log_ratio is None and preflight_pending
             if result.forward_bytes_per_row is not None:
-                forward_bytes_per_row = result.forward_bytes_per_row
+                forward_bytes_per_row = state.forward_bytes_per_row = result.forward_bytes_per_row
                 rows = row_bound(t.max_forward_rows, t.max_forward_mb, forward_bytes_per_row)
                 row["forward_mb_per_row"] = forward_bytes_per_row / 2**20
                 if is_main:

@@ -28,7 +28,8 @@ from torch import Tensor
 
 from ..backbones.base import Backbone, Conditioning
 from ..config import LossConfig, TrainConfig
-from ..core import grad_norm, policy_loss, sde_step
+from ..core import SDECoefficients, grad_norm, policy_loss, sde_coefficients, sde_step
+from ..core.sde import _compute_dtype
 from ..sharding import any_sharded, full_tensor
 from .faults import fault_point
 from .forward_memory import count_saved_bytes, rows_for_budget
@@ -80,6 +81,18 @@ class UpdateSettings:
     max_forward_rows: int = 0  # rows per training forward call (samples x steps x CFG); 0: one step per call
     max_forward_mb: float = 0.0  # saved activations per training call, MiB (0: no memory bound)
     forward_bytes_per_row: float | None = None  # measured by an earlier update (None: measure on the first call)
+    _coefficient_table: SDECoefficients | None = field(default=None, init=False, repr=False, compare=False)
+
+    def step_coefficients(self, ks: Tensor, device: torch.device) -> SDECoefficients:
+        """The :func:`~grpo_guard.core.sde_coefficients` of schedule steps ``ks`` (one row each), on
+        ``device``: gathered from the schedule's table, computed once (elementwise, so each row is bit
+        for bit what a per-row computation gives, as in the rollout)."""
+        table = self._coefficient_table
+        if table is None or table.c_x.device != torch.device(device):
+            sig = self.sigmas.to(device=device, dtype=_compute_dtype(self.sigmas.dtype))
+            table = self._coefficient_table = sde_coefficients(sig[:-1], sig[1:], self.noise_level, self.sde_type)
+        ks = ks.to(device)
+        return SDECoefficients(*(t[ks] for t in table))
 
 
 @dataclass
@@ -172,18 +185,19 @@ def _entry_loss(
     nxt = traj.next_latents[rows].flatten(0, 1)
     ks = traj.step_indices.to(s.sigmas.device)[jt].repeat_interleave(n)
     sig, sig_next = s.sigmas[ks].to(x.device), s.sigmas[ks + 1].to(x.device)
+    coefs = s.step_coefficients(ks, x.device)
     c = cond.index(idx if len(js) == 1 else idx.repeat(len(js)))
     v = velocity_fn(x, sig, c)
     # no input checks in the hot path: the tensors come from the rollout, and a NaN / Inf velocity must
     # reach the loss so that the update is skipped (update_policy), not raise
     cur = sde_step(v, x, sig, sig_next, s.noise_level, next_state=nxt, sde_type=s.sde_type,
-                   reduction=s.loss.reduction, check_inputs=False)
+                   reduction=s.loss.reduction, check_inputs=False, coefficients=coefs)
     ref_mean = None
     if s.loss.kl_coef > 0:
         with torch.no_grad():
             v_ref = reference_fn(x, sig, c)
-            ref_mean = sde_step(v_ref, x, sig, sig_next, s.noise_level, next_state=nxt,
-                                sde_type=s.sde_type, reduction=s.loss.reduction, check_inputs=False).mean
+            ref_mean = sde_step(v_ref, x, sig, sig_next, s.noise_level, next_state=nxt, sde_type=s.sde_type,
+                                reduction=s.loss.reduction, check_inputs=False, coefficients=coefs).mean
     return policy_loss(
         cur.log_prob, traj.log_probs[rows].flatten(), advantages[idx].repeat(len(js)),
         mean=cur.mean, old_mean=traj.means[rows].flatten(0, 1), std=cur.std, dt=sig_next - sig, sigma=sig,
@@ -221,7 +235,7 @@ def update_policy(
     """
     s = settings
     velocity_fn, reference_fn = _velocity_fns(model, backbone, s)
-    trainable = backbone.trainable_parameters()
+    trainable = [p for group in optimizer.param_groups for p in group["params"]]  # what the steps update
     t_count = traj.step_indices.numel()
     result = UpdateResult()
     sums: dict[str, float] = defaultdict(float)
