@@ -342,8 +342,14 @@ def _child(setting_json: str) -> dict:
     return out
 
 
+#: the memory run's warm-up: RSS is also sampled at this epoch, and flatness is judged from it on (the
+#: run's first minibatch trains one step per call until the memory bound's bytes per row are measured,
+#: so the allocator reaches its working size during the first epochs, as every timing drops epoch 0)
+MEMORY_WARMUP_EPOCHS = 5
+
+
 def _memory_child(setting_json: str) -> dict:
-    """RSS every 20 epochs over a long run (memory must stay flat)."""
+    """RSS at epoch 0, after the warm-up and every 20 epochs over a long run (memory must stay flat)."""
     import torch
 
     from .config import load_config
@@ -364,7 +370,7 @@ def _memory_child(setting_json: str) -> dict:
 
     def append(self, row):
         orig(self, row)
-        if row.get("epoch", 0) % 20 == 0:
+        if row.get("epoch", 0) % 20 == 0 or row.get("epoch") == MEMORY_WARMUP_EPOCHS:
             curve.append((row["epoch"], rss_mb()))
 
     runlog.MetricsLog.append = append
@@ -534,11 +540,13 @@ def targets(res: dict) -> list[tuple[str, str, bool]]:
                         f"{r['ours_over_reference']:.2f}, max loss diff {r['max_loss_diff']:.1e}",
                         r["ours_over_reference"] <= 0.7 and r["max_loss_diff"] <= 1e-5))
     if res.get("memory"):
-        mb = [m for _, m in res["memory"]["rss_curve_mb"]]
-        epochs = res["memory"]["rss_curve_mb"][-1][0]
-        growth = mb[-1] - mb[0]
-        out.append((f"memory flat over {epochs} epochs", f"RSS {mb[0]:.0f} -> {mb[-1]:.0f} MB (max {max(mb):.0f})",
-                    growth <= max(0.02 * mb[0], 10.0)))
+        curve = res["memory"]["rss_curve_mb"]
+        e_last, last = curve[-1]
+        e_base, base = next(((e, m) for e, m in curve[:-1] if e == MEMORY_WARMUP_EPOCHS), curve[0])
+        growth = max(m for e, m in curve if e >= e_base) - base
+        out.append((f"memory flat over epochs {e_base}-{e_last}",
+                    f"RSS {curve[0][1]:.0f} MB at epoch 0, {base:.0f} at {e_base} -> {last:.0f} at {e_last} "
+                    f"(max {max(m for _, m in curve):.0f})", growth <= max(0.02 * base, 10.0)))
     if res.get("scaling", {}).get("group_size"):
         sc = res["scaling"]["group_size"]
         out.append(("time and memory at most linear in group size", f"exponents {sc['time_exponent']:.2f} / "
