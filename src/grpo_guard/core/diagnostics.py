@@ -82,71 +82,76 @@ def per_step_ratio_stats(
         if not 0 <= q <= 1:
             raise ValueError(f"quantiles: {q} is outside [0, 1]")
 
-    lr = log_ratio.detach().to(torch.float64)
-    lru = lr if log_ratio_used is None else log_ratio_used.detach().to(torch.float64)
-    adv = advantages.detach().to(torch.float64)
-    b = None if bias is None else bias.detach().to(torch.float64)
+    f64 = torch.float64
+    lr = log_ratio.detach().to(f64)
+    lru = lr if log_ratio_used is None else log_ratio_used.detach().to(f64)
+    adv = advantages.detach().to(f64)
+    b = None if bias is None else bias.detach().to(f64)
     dims_factor = float(num_dims) if reduction == "sum" else 1.0
     steps = step_index.detach().to(device=lr.device, dtype=torch.long)
     nan = float("nan")
 
-    # every statistic is a segment reduction over the entries of each step, done for all steps at once
-    def seg_sum(v: Tensor) -> Tensor:
-        return torch.zeros(num_steps, dtype=torch.float64, device=lr.device).index_add_(0, steps, v.to(torch.float64))
-
-    count = seg_sum(torch.ones_like(lr))
-    has = count > 0
-
-    def seg_mean(v: Tensor) -> Tensor:
-        return torch.where(has, seg_sum(v) / count.clamp_min(1), nan)
-
-    def seg_std(v: Tensor, mean: Tensor) -> Tensor:  # population std (unbiased=False), two-pass
-        return seg_mean((v - mean.nan_to_num()[steps]) ** 2).sqrt()
-
-    def seg_frac(mask: Tensor, cond: Tensor) -> Tensor:  # P(mask | cond) per step, NaN without cond entries
-        n = seg_sum(cond)
-        return torch.where(n > 0, seg_sum(mask & cond) / n.clamp_min(1), nan)
-
-    def seg_extreme(v: Tensor, how: str) -> Tensor:
-        init = torch.full((num_steps,), nan, dtype=torch.float64, device=lr.device)
-        return init.scatter_reduce(0, steps, v, how, include_self=False)
-
-    # values sorted within each step: sort by value, then stably by step
-    offsets = torch.cumsum(count, 0) - count
-    qs = torch.tensor(list(quantiles), dtype=torch.float64, device=lr.device)
-
-    def seg_quantiles(v: Tensor) -> Tensor:  # (Q, K), linear interpolation as torch.quantile
-        by_value = torch.argsort(v, stable=True)
-        sorted_v = v[by_value[torch.argsort(steps[by_value], stable=True)]]
-        pos = qs[:, None] * (count - 1).clamp_min(0)[None, :]
-        lo, hi = pos.floor(), pos.ceil()
-        last = max(v.numel() - 1, 0)
-        v_lo = sorted_v[(offsets + lo).long().clamp(0, last)] if v.numel() else torch.zeros_like(pos)
-        v_hi = sorted_v[(offsets + hi).long().clamp(0, last)] if v.numel() else torch.zeros_like(pos)
-        return torch.where(has[None, :], v_lo + (v_hi - v_lo) * (pos - lo), nan)
+    # every statistic is a segment reduction over the entries of each step, done for all steps and all
+    # statistics at once: one index_add_ over a stacked (N, M) matrix of per-entry values
+    def seg_sums(columns: Tensor) -> Tensor:  # (N, M) -> (K, M)
+        return torch.zeros(num_steps, columns.shape[1], dtype=f64, device=lr.device).index_add_(0, steps, columns)
 
     r_raw, r_used = lr.exp(), lru.exp()
-    out: dict[str, Tensor] = {"count": count}
-    for prefix, r in (("raw_ratio", r_raw), ("ratio", r_used)):
-        mean = seg_mean(r)
-        out[f"{prefix}_mean"] = mean
-        out[f"{prefix}_std"] = seg_std(r, mean)
-        out[f"{prefix}_min"] = seg_extreme(r, "amin")
-        out[f"{prefix}_max"] = seg_extreme(r, "amax")
-        for q, row in zip(quantiles, seg_quantiles(r)):
-            out[f"{prefix}_q{round(q * 100):02d}"] = row
-    out["frac_raw_below_1"] = seg_mean((lr < 0).to(torch.float64))
     high, low = r_used > 1 + eps_high, r_used < 1 - eps_low
     pos, neg = adv > 0, adv < 0
-    out["clip_high_pos"] = seg_frac(high, pos)
-    out["clip_high_neg"] = seg_frac(high, neg)
-    out["clip_low_pos"] = seg_frac(low, pos)
-    out["clip_low_neg"] = seg_frac(low, neg)
-    lstd = seg_std(lr, seg_mean(lr))
+    values = [torch.ones_like(lr), r_raw, r_used, lr, lr.square()] + ([b] if b is not None else [])
+    masks = torch.stack([lr < 0, pos, neg, high & pos, high & neg, low & pos, low & neg], 1).to(f64)
+    sums = seg_sums(torch.cat([torch.stack(values, 1), masks], 1))
+    count = sums[:, 0]
+    has = count > 0
+    means = torch.where(has[:, None], sums / count.clamp_min(1)[:, None], nan)
+    m = len(values)  # the masks' columns start here
+    # population stds (unbiased=False), two-pass: squared deviations from each step's mean
+    centred = torch.stack([r_raw, r_used, lr], 1) - means[:, 1:4].nan_to_num()[steps]
+    stds = torch.where(has[:, None], seg_sums(centred.square()) / count.clamp_min(1)[:, None], nan).sqrt()
+
+    def seg_frac(num: int, den: int) -> Tensor:  # P(mask | cond) per step, NaN without cond entries
+        n = sums[:, m + den]
+        return torch.where(n > 0, sums[:, m + num] / n.clamp_min(1), nan)
+
+    # extremes and quantiles of the two ratios, as (K, 2) / (Q, K, 2): column 0 raw, column 1 used
+    ratios = torch.stack([r_raw, r_used], 1)
+    init = torch.full((num_steps, 2), nan, dtype=f64, device=lr.device)
+    at = steps[:, None].expand(-1, 2)
+    mins = init.scatter_reduce(0, at, ratios, "amin", include_self=False)
+    maxs = init.scatter_reduce(0, at, ratios, "amax", include_self=False)
+    # values sorted within each step: sort by value, then stably by step
+    offsets = torch.cumsum(count, 0) - count
+    qs = torch.tensor(list(quantiles), dtype=f64, device=lr.device)
+    q_pos = qs[:, None] * (count - 1).clamp_min(0)[None, :]  # (Q, K), linear interpolation as torch.quantile
+    q_lo, q_hi = q_pos.floor(), q_pos.ceil()
+    if n:
+        by_value = torch.argsort(ratios, dim=0, stable=True)
+        ordered = ratios.gather(0, by_value.gather(0, torch.argsort(steps[by_value], dim=0, stable=True)))
+        v_lo = ordered[(offsets + q_lo).long().clamp(0, n - 1)]
+        v_hi = ordered[(offsets + q_hi).long().clamp(0, n - 1)]
+        quants = torch.where(has[None, :, None], v_lo + (v_hi - v_lo) * (q_pos - q_lo)[..., None], nan)
+    else:
+        quants = torch.full((len(quantiles), num_steps, 2), nan, dtype=f64, device=lr.device)
+
+    out: dict[str, Tensor] = {"count": count}
+    for c, prefix in enumerate(("raw_ratio", "ratio")):
+        out[f"{prefix}_mean"] = means[:, 1 + c]
+        out[f"{prefix}_std"] = stds[:, c]
+        out[f"{prefix}_min"] = mins[:, c]
+        out[f"{prefix}_max"] = maxs[:, c]
+        for q, row in zip(quantiles, quants[:, :, c]):
+            out[f"{prefix}_q{round(q * 100):02d}"] = row
+    out["frac_raw_below_1"] = means[:, m]
+    out["clip_high_pos"] = seg_frac(3, 1)
+    out["clip_high_neg"] = seg_frac(4, 2)
+    out["clip_low_pos"] = seg_frac(5, 1)
+    out["clip_low_neg"] = seg_frac(6, 2)
+    lstd = stds[:, 2]
     out["log_ratio_std"] = lstd
-    out["approx_kl"] = 0.5 * seg_mean(lr**2)
+    out["approx_kl"] = 0.5 * means[:, 4]
     if b is not None:
-        bm = seg_mean(b)
+        bm = means[:, 5]
         out["bias_mean"] = bm
         out["bias_over_spread"] = torch.where(lstd > 0, bm / lstd, nan)
         out["drift_u"] = torch.sqrt(2 * bm / dims_factor)
