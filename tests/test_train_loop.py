@@ -221,9 +221,14 @@ def test_update_step_coefficients_are_the_per_row_values_bit_for_bit(sde_type):
     s = UpdateSettings(sigmas=sigmas, noise_level=0.7, sde_type=sde_type, guidance_scale=1.0, loss=LossConfig(),
                        updates_per_epoch=1, inner_epochs=1, max_grad_norm=1.0, preflight_tol=None)
     ks = torch.tensor([0, 3, 3, 9, 5, 0])
-    got = s.step_coefficients(ks, torch.device("cpu"))
+    state = torch.zeros(6, 4)
+    got = s.step_coefficients(ks, state)
     want = sde_coefficients(sigmas[ks], sigmas[ks + 1], 0.7, sde_type)
     for g, w in zip(got, want):
         assert torch.equal(g, w)
-    again = s.step_coefficients(ks.flip(0), torch.device("cpu"))  # the cached table, other rows
+    again = s.step_coefficients(ks.flip(0), state)  # the cached table, other rows
     assert all(torch.equal(g, w.flip(0)) for g, w in zip(again, want))
+    # float64 states compute in float64, as sde_step does for them
+    got64 = s.step_coefficients(ks, state.double())
+    want64 = sde_coefficients(sigmas.double()[ks], sigmas.double()[ks + 1], 0.7, sde_type)
+    assert all(g.dtype == torch.float64 and torch.equal(g, w) for g, w in zip(got64, want64))

@@ -119,6 +119,22 @@ class Backbone(nn.Module):
         """The parameters RL updates (LoRA weights, or the whole velocity network)."""
         return [p for p in self.parameters() if p.requires_grad]
 
+    #: name of the submodule that ``train()`` / ``eval()`` switch (the trained network); its siblings
+    #: (encoders, VAE, frozen copies) are put in eval once when the backbone is built and stay there.
+    #: None: nn.Module's walk over every module.
+    mode_module: str | None = None
+
+    def train(self, mode: bool = True) -> Backbone:
+        """Switch the training mode of :attr:`mode_module` only (the loop switches twice an epoch, and
+        nn.Module's default walks every module of the encoders and the VAE each time)."""
+        if self.mode_module is None:
+            return super().train(mode)
+        if not isinstance(mode, bool):
+            raise ValueError(f"mode: expected a bool, got {mode!r}")
+        self.training = mode
+        getattr(self, self.mode_module).train(mode)
+        return self
+
     #: set inside :meth:`_reference_flag`; backbones that keep a frozen copy (or, like the spectral one,
     #: switch a correction off) read it in ``forward``
     _use_reference: bool = False

@@ -188,14 +188,8 @@ class DiffusersBackbone(Backbone):
             units.append(tr)
         return units
 
-    def train(self, mode: bool = True) -> DiffusersBackbone:
-        """Only the transformer follows ``mode``; the encoders, the VAE and the frozen copy stay in eval
-        (set once in ``__init__``, not walked again at every switch)."""
-        if not isinstance(mode, bool):
-            raise ValueError(f"mode: expected a bool, got {mode!r}")
-        self.training = mode
-        self.transformer.train(mode)
-        return self
+    #: only the transformer follows train() / eval(); the encoders, the VAE and the frozen copy stay in eval
+    mode_module = "transformer"
 
     @contextmanager
     def reference(self) -> Iterator[None]:

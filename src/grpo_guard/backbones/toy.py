@@ -139,14 +139,8 @@ class ToyBackbone(Backbone):
             return ((img + 1) / 2).clamp(0, 1)
 
     # -- training ----------------------------------------------------------------------------------
-    def train(self, mode: bool = True) -> ToyBackbone:
-        """Only the velocity net follows ``mode``; the text encoder and the frozen copy stay in eval (set
-        once in ``__init__``: the loop switches modes twice an epoch, and each switch walks the modules)."""
-        if not isinstance(mode, bool):
-            raise ValueError(f"mode: expected a bool, got {mode!r}")
-        self.training = mode
-        self.net.train(mode)
-        return self
+    #: only the velocity net follows train() / eval(); the text encoder and the frozen copy stay in eval
+    mode_module = "net"
 
     def fsdp_units(self) -> list[nn.Module]:
         """The velocity net (and its frozen copy, if any), each as one unit."""

@@ -111,8 +111,8 @@ def per_step_ratio_stats(
     stds = torch.where(has[:, None], seg_sums(centred.square()) / count.clamp_min(1)[:, None], nan).sqrt()
 
     def seg_frac(num: int, den: int) -> Tensor:  # P(mask | cond) per step, NaN without cond entries
-        n = sums[:, m + den]
-        return torch.where(n > 0, sums[:, m + num] / n.clamp_min(1), nan)
+        cond = sums[:, m + den]
+        return torch.where(cond > 0, sums[:, m + num] / cond.clamp_min(1), nan)
 
     # extremes and quantiles of the two ratios, as (K, 2) / (Q, K, 2): column 0 raw, column 1 used
     ratios = torch.stack([r_raw, r_used], 1)

@@ -83,15 +83,16 @@ class UpdateSettings:
     forward_bytes_per_row: float | None = None  # measured by an earlier update (None: measure on the first call)
     _coefficient_table: SDECoefficients | None = field(default=None, init=False, repr=False, compare=False)
 
-    def step_coefficients(self, ks: Tensor, device: torch.device) -> SDECoefficients:
-        """The :func:`~grpo_guard.core.sde_coefficients` of schedule steps ``ks`` (one row each), on
-        ``device``: gathered from the schedule's table, computed once (elementwise, so each row is bit
-        for bit what a per-row computation gives, as in the rollout)."""
-        table = self._coefficient_table
-        if table is None or table.c_x.device != torch.device(device):
-            sig = self.sigmas.to(device=device, dtype=_compute_dtype(self.sigmas.dtype))
+    def step_coefficients(self, ks: Tensor, state: Tensor) -> SDECoefficients:
+        """The :func:`~grpo_guard.core.sde_coefficients` of schedule steps ``ks`` (one row each) on the
+        device and in the compute dtype of ``state``, as :func:`~grpo_guard.core.sde_step` computes them:
+        gathered from the schedule's table, computed once (elementwise, so each row is bit for bit what
+        a per-row computation gives, as in the rollout)."""
+        dtype, table = _compute_dtype(state.dtype), self._coefficient_table
+        if table is None or table.c_x.device != state.device or table.c_x.dtype != dtype:
+            sig = self.sigmas.to(device=state.device, dtype=dtype)
             table = self._coefficient_table = sde_coefficients(sig[:-1], sig[1:], self.noise_level, self.sde_type)
-        ks = ks.to(device)
+        ks = ks.to(state.device)
         return SDECoefficients(*(t[ks] for t in table))
 
 
@@ -185,7 +186,7 @@ def _entry_loss(
     nxt = traj.next_latents[rows].flatten(0, 1)
     ks = traj.step_indices.to(s.sigmas.device)[jt].repeat_interleave(n)
     sig, sig_next = s.sigmas[ks].to(x.device), s.sigmas[ks + 1].to(x.device)
-    coefs = s.step_coefficients(ks, x.device)
+    coefs = s.step_coefficients(ks, x)
     c = cond.index(idx if len(js) == 1 else idx.repeat(len(js)))
     v = velocity_fn(x, sig, c)
     # no input checks in the hot path: the tensors come from the rollout, and a NaN / Inf velocity must
