@@ -94,6 +94,19 @@ def test_on_policy_reevaluation_is_bitwise_equal(gen):
         assert torch.equal(roll.mean, again.mean)
 
 
+def test_without_log_prob_the_step_is_the_same(gen):
+    """``with_log_prob=False`` skips only the log-prob: the same sample, mean and std (the rollout scores
+    its transitions later, all steps in one ``gaussian_log_prob`` call)."""
+    v, x = _inputs(gen)
+    eps = torch.randn(x.shape, generator=gen)
+    full = sde_step(v, x, SIGMAS[3], SIGMAS[4], 0.7, noise=eps)
+    bare = sde_step(v, x, SIGMAS[3], SIGMAS[4], 0.7, noise=eps, with_log_prob=False)
+    assert bare.log_prob is None
+    for a, b in zip(full, bare):
+        assert b is None or torch.equal(a, b)
+    assert torch.equal(gaussian_log_prob(bare.next_state, bare.mean, bare.std), full.log_prob)
+
+
 @pytest.mark.parametrize("sde_type", ["flow_grpo", "dance_grpo"])
 def test_schedule_coefficients_equal_per_sample_ones(gen, sde_type):
     """Coefficients computed for a whole schedule at once (one noise level per step, some 0) are bit for

@@ -11,33 +11,43 @@ from grpo_guard.train.rollout import rollout
 COND = Conditioning(embeds=torch.zeros(4, 1, 2))
 
 
-def _run(velocity_fn, sigmas=None, noise=None, sde_type="flow_grpo", sde_steps=range(5)):
+def _run(velocity_fn, sigmas=None, noise=None, sde_type="flow_grpo", sde_steps=range(5), trained=(1, 3),
+         reduction="mean"):
     sigmas = flow_sigmas(5, 3.0) if sigmas is None else sigmas
     noise = torch.randn(4, 6, 3, generator=torch.Generator().manual_seed(0)) if noise is None else noise
-    return rollout(velocity_fn, COND, noise, sigmas, [1, 3], sde_steps=sde_steps, noise_level=0.7, batch_size=3,
-                   sde_type=sde_type)
+    return rollout(velocity_fn, COND, noise, sigmas, list(trained), sde_steps=sde_steps, noise_level=0.7,
+                   batch_size=3, sde_type=sde_type, reduction=reduction)
 
 
 @pytest.mark.parametrize("sde_type", ["flow_grpo", "dance_grpo"])
 @pytest.mark.parametrize("sde_steps", [range(5), [1, 2, 3]])
-def test_trained_transitions_match_sde_step(sde_type, sde_steps):
-    """The rollout computes the schedule's step coefficients once; its trajectory is bit for bit the one
-    of per-step ``sde_step`` calls (ODE steps outside ``sde_steps`` included)."""
-    v = lambda x, s, c: -x * s[:, None]  # noqa: E731
-    noise = torch.randn(4, 6, 3, generator=torch.Generator().manual_seed(1))
+@pytest.mark.parametrize(("latent", "trained", "reduction"), [((3,), (1, 3), "mean"), ((16, 4, 4), (3, 1, 2), "sum"),
+                                                               ((1, 8, 8), (2, 3, 1), "mean")])
+def test_trained_transitions_match_sde_step(sde_type, sde_steps, latent, trained, reduction):
+    """The rollout computes the schedule's step coefficients once and all log-probs in one call after the
+    loop; its trajectory is bit for bit the one of per-step ``sde_step`` calls (ODE steps outside
+    ``sde_steps`` included), stored in the order ``trained_steps`` lists them."""
+    v = lambda x, s, c: -x * s.view(-1, *[1] * (x.ndim - 1))  # noqa: E731
+    noise = torch.randn(4, 6, *latent, generator=torch.Generator().manual_seed(1))
     sig = flow_sigmas(5, 3.0)
-    traj = _run(v, sig, noise, sde_type, sde_steps)
+    traj = _run(v, sig, noise, sde_type, sde_steps, trained, reduction)
+    assert traj.step_indices.tolist() == list(trained)
     x = noise[:, 0]
     for k in range(5):
         a = 0.7 if k in sde_steps else 0.0
         out = sde_step(v(x, sig[k].expand(4), None), x, sig[k], sig[k + 1], a, noise=noise[:, k + 1],
-                       sde_type=sde_type)
-        if k in (1, 3):
-            j = (1, 3).index(k)
+                       sde_type=sde_type, reduction=reduction)
+        if k in trained:
+            j = trained.index(k)
             assert torch.equal(traj.latents[:, j], x) and torch.equal(traj.log_probs[:, j], out.log_prob)
             assert torch.equal(traj.means[:, j], out.mean) and torch.equal(traj.next_latents[:, j], out.next_state)
         x = out.next_state
     assert torch.equal(traj.final, x)
+
+
+def test_a_step_trained_twice_is_rejected():
+    with pytest.raises(ValueError, match="trained_steps: contains a step twice"):
+        _run(lambda x, s, c: -x, trained=(1, 1))
 
 
 def test_nan_velocity_is_named():

@@ -232,3 +232,41 @@ def test_update_step_coefficients_are_the_per_row_values_bit_for_bit(sde_type):
     got64 = s.step_coefficients(ks, state.double())
     want64 = sde_coefficients(sigmas.double()[ks], sigmas.double()[ks + 1], 0.7, sde_type)
     assert all(g.dtype == torch.float64 and torch.equal(g, w) for g, w in zip(got64, want64))
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3, float("nan")])
+def test_clip_grad_norm_matches_torch_and_accelerate_bit_for_bit(scale):
+    """The loop clips with its own ``clip_grad_norm_`` where accelerate's would add only per-call checks;
+    gradients and norm must be exactly torch's and accelerate's (NaN gradients give a NaN norm, which
+    makes the loop skip the update)."""
+    import torch
+    from accelerate import Accelerator
+
+    from grpo_guard.train.update import clip_grad_norm_
+
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(8, 256), (512, 8), (3,), (7, 5, 2)]
+
+    def params():
+        ps = [torch.nn.Parameter(torch.zeros(sh)) for sh in shapes] + [torch.nn.Parameter(torch.zeros(4))]  # no grad
+        for p, g in zip(ps, grads):
+            p.grad = g.clone()
+        return ps
+
+    # one gradient stays finite and of order 1 (except under the bound)
+    grads = [torch.randn(sh, generator=gen) * (scale if i != 2 or scale == 1e-3 else 1.0)
+             for i, sh in enumerate(shapes)]
+    ours, ref, acc = params(), params(), params()
+    n_ours = clip_grad_norm_(ours, 1.0)
+    n_ref = torch.nn.utils.clip_grad_norm_(ref, 1.0)
+    n_acc = Accelerator(cpu=True).clip_grad_norm_(acc, 1.0)
+    assert torch.equal(n_ours, n_ref) or (n_ours.isnan() and n_ref.isnan())
+    assert torch.equal(n_ours, n_acc) or (n_ours.isnan() and n_acc.isnan())
+    for a, b, c in zip(ours, ref, acc):
+        if a.grad is None:
+            assert b.grad is None and c.grad is None
+            continue
+        assert torch.equal(a.grad.nan_to_num(), b.grad.nan_to_num()) and torch.equal(a.grad.nan_to_num(),
+                                                                                     c.grad.nan_to_num())
+    if scale == 1e-3:  # under the bound: untouched
+        assert all(torch.equal(p.grad, g) for p, g in zip(ours, grads))

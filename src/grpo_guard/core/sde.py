@@ -57,7 +57,8 @@ class SDEStepOutput(NamedTuple):
     Attributes:
         next_state: (B, *D) float32 next state ``x_next`` (the given one, cast, if one was passed).
         log_prob: (B,) float32 log-density of ``next_state`` under the step's Gaussian, reduced over
-            the D dimensions as requested; ``None`` for a deterministic step (noise level 0).
+            the D dimensions as requested; ``None`` for a deterministic step (noise level 0) and
+            when ``sde_step`` was called with ``with_log_prob=False``.
         mean: (B, *D) float32 Gaussian mean ``mu``; carries gradient w.r.t. the velocity.
         std: (B,) float32 step standard deviation ``s_t = sigma_t * sqrt(|dt|)``.
         sigma_t: (B,) float32 diffusion coefficient (without ``sqrt(|dt|)``).
@@ -176,6 +177,7 @@ def sde_step(
     sde_type: str = "flow_grpo",
     check_inputs: bool = True,
     coefficients: SDECoefficients | None = None,
+    with_log_prob: bool = True,
 ) -> SDEStepOutput:
     """One Flow-GRPO SDE step from ``state`` at ``sigma`` to ``sigma_next`` and its log-prob.
 
@@ -196,6 +198,9 @@ def sde_step(
         coefficients: this step's :func:`sde_coefficients` for ``(sigma, sigma_next, noise_level,
             sde_type)``, 0-d or (B,), computed in advance (the rollout computes the whole schedule's
             at once); the result is the same as without them.
+        with_log_prob: False skips the log-prob (``log_prob`` is None): a sampler that scores its
+            transitions later, all steps in one :func:`gaussian_log_prob` call (the rollout), saves
+            its operations at every step.
 
     Returns:
         :class:`SDEStepOutput` (next_state, log_prob, mean, std, sigma_t).
@@ -249,5 +254,5 @@ def sde_step(
         next_state = torch.addcmul(mean, std_b, _cast(noise, dtype))
     else:
         next_state = _cast(next_state, dtype)
-    log_prob = gaussian_log_prob(next_state, mean, std, reduction)
+    log_prob = gaussian_log_prob(next_state, mean, std, reduction) if with_log_prob else None
     return SDEStepOutput(next_state.detach(), log_prob, mean, std, sigma_t)

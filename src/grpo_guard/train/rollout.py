@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ..backbones.base import Conditioning
-from ..core import SDECoefficients, sde_coefficients, sde_step
+from ..core import SDECoefficients, gaussian_log_prob, sde_coefficients, sde_step
 from ..core.sde import _compute_dtype
 from ..core._checks import check_finite
 from ..seeding import derive_generator
@@ -83,6 +83,9 @@ def rollout(
     num_steps = sigmas.shape[0] - 1
     bsz = noise.shape[0]
     trained = {k: j for j, k in enumerate(trained_steps)}
+    t_count = len(trained_steps)
+    if len(trained) != t_count:
+        raise ValueError(f"trained_steps: contains a step twice ({list(trained_steps)})")
     sde_set = set(sde_steps)
     if not set(trained) <= sde_set:
         raise ValueError("trained_steps: every trained step must be stochastic (in sde_steps)")
@@ -93,11 +96,11 @@ def rollout(
         raise ValueError("sigmas: must decrease strictly from a value in (0, 1] to a value >= 0")
     x = noise[:, 0].to(device)
     lat_shape = tuple(x.shape[1:])
-    t_count = len(trained_steps)
-    latents = torch.empty((bsz, t_count, *lat_shape), device=device)
-    next_latents = torch.empty_like(latents)
-    means = torch.empty_like(latents)
-    log_probs = torch.empty((bsz, t_count), device=device)
+    # the stored tensors are kept per step (the states are the steps' own outputs, not copies) and stacked
+    # once after the loop, and the log-probs of all trained transitions are computed then in one call:
+    # the step loop runs only the network call and the step's mean and sample (fewer operations between
+    # the network calls, which is where the small worlds spend their loop time)
+    stored: dict[int, tuple[Tensor, Tensor, Tensor]] = {}  # trained position j -> (x_k, x_{k+1}, mean)
     # the whole schedule's step coefficients at once (elementwise: the same values per-sample calls give),
     # and each batch's conditioning once: the step loop then runs only the per-step tensor work
     levels = [noise_level if k in sde_set else 0.0 for k in range(num_steps)]
@@ -114,16 +117,27 @@ def rollout(
             v = torch.cat([velocity_fn(x[sl], sigma[sl], c) for sl, c in batches])
         a = levels[k]
         out = sde_step(v, x, sigmas[k], sigmas[k + 1], a, noise=noise[:, k + 1].to(device) if a > 0 else None,
-                       sde_type=sde_type, reduction=reduction, check_inputs=False, coefficients=step_coefs[k])
+                       sde_type=sde_type, reduction=reduction, check_inputs=False, coefficients=step_coefs[k],
+                       with_log_prob=False)
         if k in trained:
-            j = trained[k]
-            latents[:, j] = x
-            next_latents[:, j] = out.next_state
-            means[:, j] = out.mean
-            log_probs[:, j] = out.log_prob
+            stored[trained[k]] = (x, out.next_state, out.mean)
         x = out.next_state
         if on_step is not None:
             on_step(k)
+    store = torch.get_default_dtype()  # the stored tensors' dtype (the steps compute in at least float32)
+    step_indices = torch.tensor(list(trained_steps), dtype=torch.long)
+    if stored:
+        x_k, nxt, mean = (list(t) for t in zip(*(stored[j] for j in range(t_count))))
+        nxt, mean = torch.stack(nxt, dim=1), torch.stack(mean, dim=1)
+        # (B * T) rows, sample-major as stored, each with its step's std: the values the steps would give
+        std_rows = table.std[step_indices.to(device)].repeat(bsz)
+        log_probs = gaussian_log_prob(nxt.flatten(0, 1), mean.flatten(0, 1), std_rows,
+                                      reduction).view(bsz, t_count).to(store)
+        latents = torch.stack([t.to(store) for t in x_k], dim=1)
+        next_latents, means = nxt.to(store), mean.to(store)
+    else:
+        latents = next_latents = means = torch.empty((bsz, 0, *lat_shape), device=device)
+        log_probs = torch.empty((bsz, 0), device=device)
     # the model's output is the only input of the steps not checked above. A NaN or Inf velocity at any
     # step reaches the final state (every step is x * c_x + v * c_v + std * eps with c_x > 0, c_v = dt != 0),
     # so one check of the final state replaces a check (and a device sync) per step
@@ -131,5 +145,4 @@ def rollout(
         bad = [int(k) for k, j in sorted(trained.items()) if not bool(torch.isfinite(next_latents[:, j]).all())]
         where = f" (first seen in the state after schedule step {bad[0]})" if bad else ""
         raise ValueError(f"velocity: contains NaN or Inf{where}")
-    return Trajectory(latents, next_latents, log_probs, means, x,
-                      torch.tensor(list(trained_steps), dtype=torch.long))
+    return Trajectory(latents, next_latents, log_probs, means, x, step_indices)

@@ -35,7 +35,8 @@ from .faults import fault_point
 from .forward_memory import count_saved_bytes, rows_for_budget
 from .rollout import Trajectory
 
-__all__ = ["PreflightError", "UpdateSettings", "UpdateResult", "update_policy", "measure_step_grad_norms",
+__all__ = ["PreflightError", "clip_grad_norm_", "UpdateSettings", "UpdateResult", "update_policy",
+           "measure_step_grad_norms",
            "forward_chunks", "step_chunks", "row_bound", "build_optimizer"]
 
 PREFLIGHT_HELP = (
@@ -61,6 +62,35 @@ def build_optimizer(params: Sequence[torch.nn.Parameter], t: TrainConfig) -> tor
     fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params) and not any_sharded(params)
     return torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.adam_betas), eps=t.adam_eps,
                              weight_decay=t.weight_decay, fused=fused or None)
+
+
+#: accelerate distributions whose clip and optimizer step are torch's own (the gradients are complete and, with
+#: DDP, already averaged when the loop clips them)
+_PLAIN_DISTRIBUTIONS = ("NO", "MULTI_CPU", "MULTI_GPU", "MULTI_XPU", "MULTI_NPU", "MULTI_MLU", "MULTI_MUSA",
+                        "MULTI_HPU")
+
+
+def clip_grad_norm_(params: Sequence[Tensor], max_norm: float) -> Tensor:
+    """Scale the gradients of ``params`` in place so that their joint L2 norm is at most ``max_norm``;
+    returns the norm before clipping (0-d; NaN / Inf when a gradient is not finite). The values of
+    ``torch.nn.utils.clip_grad_norm_`` (each gradient times ``min(1, max_norm / (norm + 1e-6))``) in a
+    fixed handful of operations on any device (torch's own takes a per-parameter loop on CPU)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    torch._foreach_mul_(grads, torch.clamp(max_norm / (total + 1e-6), max=1.0))
+    return total
+
+
+def _plain_optimizer(optimizer: torch.optim.Optimizer, accelerator, params: Sequence[Tensor]):
+    """The torch optimizer inside accelerate's wrapper when accelerate's clip and step would only add
+    per-call checks to torch's (no fp16 loss scaler, no DeepSpeed / FSDP / XLA, no sharded parameters),
+    else None (then the loop goes through ``accelerator.clip_grad_norm_`` and the wrapper's step)."""
+    dist = getattr(accelerator, "distributed_type", "NO")
+    plain = (getattr(accelerator, "scaler", None) is None and not any_sharded(params)
+             and str(getattr(dist, "value", dist)) in _PLAIN_DISTRIBUTIONS)
+    return getattr(optimizer, "optimizer", optimizer) if plain else None
 
 
 class PreflightError(RuntimeError):
@@ -237,6 +267,8 @@ def update_policy(
     s = settings
     velocity_fn, reference_fn = _velocity_fns(model, backbone, s)
     trainable = [p for group in optimizer.param_groups for p in group["params"]]  # what the steps update
+    plain = _plain_optimizer(optimizer, accelerator, trainable)
+    stepper = plain if plain is not None else optimizer
     t_count = traj.step_indices.numel()
     result = UpdateResult()
     sums: dict[str, float] = defaultdict(float)
@@ -289,14 +321,18 @@ def update_policy(
                     if not worst <= s.preflight_tol:
                         optimizer.zero_grad(set_to_none=True)
                         raise PreflightError(PREFLIGHT_HELP.format(value=worst, tol=s.preflight_tol))
-            total = float(full_tensor(accelerator.clip_grad_norm_(trainable, s.max_grad_norm)))  # DTensor if sharded
+            if plain is not None:
+                total = float(clip_grad_norm_(trainable, s.max_grad_norm))
+            else:
+                # a DTensor when the weights are sharded
+                total = float(full_tensor(accelerator.clip_grad_norm_(trainable, s.max_grad_norm)))
             result.grad_norm_total.append(total)
             result.num_updates += 1
             if math.isfinite(total):
-                optimizer.step()
+                stepper.step()
             else:  # NaN / Inf in the loss or the gradients: drop this update, keep the weights
                 result.skipped_updates += 1
-            optimizer.zero_grad(set_to_none=True)
+            stepper.zero_grad(set_to_none=True)
             fault_point("update")
             if after_step is not None and math.isfinite(total):
                 after_step()
