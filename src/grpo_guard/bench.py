@@ -25,7 +25,9 @@ parent collects them into ``OUT/bench.json`` and prints a table. Definitions:
   machine load; ours / reference is the median of the per-epoch ratios (after the first pair). On a
   shared 2-core machine, timings of separate runs drifted by up to 40% between consecutive runs, which
   an unpaired ratio of two medians inherits. The table's other figures come from a child without the
-  reference, so its peak RSS is ours alone.
+  reference, so its peak RSS is ours alone;
+* SDE window: the update time of the toy SD3 world with ``sample.sde_window=[0, 5]`` (4 trained steps)
+  over that with all 9, the median of ``WINDOW_PAIRS`` ratios of children run alternately.
 """
 
 from __future__ import annotations
@@ -347,6 +349,9 @@ def _child(setting_json: str) -> dict:
 #: so the allocator reaches its working size during the first epochs, as every timing drops epoch 0)
 MEMORY_WARMUP_EPOCHS = 5
 
+#: alternating (all steps, window) pairs of children behind the SDE-window ratio
+WINDOW_PAIRS = 3
+
 
 def _memory_child(setting_json: str) -> dict:
     """RSS at epoch 0, after the warm-up and every 20 epochs over a long run (memory must stay flat)."""
@@ -487,11 +492,16 @@ def run_bench(out: Path, *, epochs: int = 6, quick: bool = False, overrides: lis
                                             "update_s": r["update_s"], "peak_rss_mb": r["peak_rss_mb"]})
         res["forward_mb"] = forward_memory_sweep(spec, log=log)
         log("[bench] SDE window")
-        full = _run_child(spec("window-full", base_cfg, base_ov))
-        half = _run_child(spec("window-half", base_cfg, [*base_ov, "sample.sde_window=[0, 5]"]))
-        res["sde_window"] = {"full_update_s": full["update_s"], "half_update_s": half["update_s"],
-                             "trained_steps": [9, 4], "update_ratio": half["update_s"] / full["update_s"],
-                             "steps_ratio": 4 / 9}
+        # alternating pairs of children, the ratio the median of the pairs' ratios: the machine's speed drifts
+        # between children by up to about 25%, which a single pair would read as the window's effect
+        fulls, halves = [], []
+        for _ in range(WINDOW_PAIRS):
+            fulls.append(_run_child(spec("window-full", base_cfg, base_ov))["update_s"])
+            halves.append(_run_child(spec("window-half", base_cfg, [*base_ov, "sample.sde_window=[0, 5]"]))["update_s"])
+        pairs = [h / f for f, h in zip(fulls, halves)]
+        res["sde_window"] = {"full_update_s": float(np.median(fulls)), "half_update_s": float(np.median(halves)),
+                             "trained_steps": [9, 4], "update_ratio": float(np.median(pairs)),
+                             "update_ratio_pairs": pairs, "steps_ratio": 4 / 9}
     mem_epochs = 40 if quick else 200
     log(f"[bench] memory over {mem_epochs} epochs")
     mem_cfg, mem_ov = SETTINGS["toy-mlp-8px"]
@@ -584,8 +594,10 @@ def format_table(res: dict) -> str:
             f"{p['update_s']:.2f} s, {p['peak_rss_mb']:.0f} MB" for p in res["forward_mb"]))
     if res.get("sde_window"):
         w = res["sde_window"]
+        pairs = w.get("update_ratio_pairs")
         lines.append(f"\nSDE window [0, 5) vs all steps: update time x{w['update_ratio']:.2f} for trained steps "
-                     f"x{w['steps_ratio']:.2f}")
+                     f"x{w['steps_ratio']:.2f}" + (f" (median of {len(pairs)} alternating pairs: "
+                                                   + ", ".join(f"{x:.2f}" for x in pairs) + ")" if pairs else ""))
     if res.get("memory"):
         c = res["memory"]["rss_curve_mb"]
         lines.append(f"\nRSS over {res['memory']['name'].split('-')[1]} epochs (epoch: MB): " + ", ".join(f"{e}: {mb:.0f}" for e, mb in c))
