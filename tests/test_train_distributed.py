@@ -125,6 +125,7 @@ def test_fsdp_runs_flux_and_a_full_finetune_with_kl(tmp_path, kind, extra):
     transformer itself, FSDP2's root, which keeps its whole weights after a forward without gradient
     until the loop reshards it). Two epochs on 2 CPU processes against the same run with DDP: the same
     gradient norms (the second epoch follows an evaluation), the preflight, the KL, whole tensors."""
+    import torch
     from safetensors.torch import load_file
 
     from grpo_guard.backbones.tiny_pipelines import save_tiny_pipeline
@@ -148,4 +149,9 @@ def test_fsdp_runs_flux_and_a_full_finetune_with_kl(tmp_path, kind, extra):
     wf = load_file(tmp_path / "fsdp" / "checkpoints" / "epoch_000002" / "trainable.safetensors")
     wd = load_file(tmp_path / "ddp" / "checkpoints" / "epoch_000002" / "trainable.safetensors")
     assert {k: v.shape for k, v in wf.items()} == {k: v.shape for k, v in wd.items()}
-    assert max(float((wf[k] - wd[k]).abs().max()) for k in wf) < 1e-4
+    # Adam turns a float-rounding difference of a tiny gradient into a visible share of a step (lr 1e-2
+    # here), so single weights are bounded in steps: none off by 5% of one step (one weight of 321,824 was
+    # 1.1e-4 off on one CPU, 1% of a step), the mean at float rounding. A sharding bug moves many weights
+    # by whole steps
+    diff = torch.cat([(wf[k] - wd[k]).abs().flatten() for k in wf])
+    assert float(diff.max()) < 0.05 * 1e-2 and float(diff.mean()) < 1e-6
