@@ -110,7 +110,6 @@ def rollout(
     # each step's (B,) sigma and (B, *L) noise as views made once, not per step
     step_sigmas = sigmas.to(device)[:, None].expand(-1, bsz).unbind(0)
     step_noise = noise.unbind(1)  # moved to the device one step at a time
-    sigma_values = sigmas.unbind(0)
     batches = [(slice(i, i + batch_size), cond.index(slice(i, i + batch_size))) for i in range(0, bsz, batch_size)]
     for k in range(num_steps):
         sigma = step_sigmas[k]
@@ -119,7 +118,7 @@ def rollout(
         else:
             v = torch.cat([velocity_fn(x[sl], sigma[sl], c) for sl, c in batches])
         a = levels[k]
-        out = sde_step(v, x, sigma_values[k], sigma_values[k + 1], a, noise=step_noise[k + 1].to(device) if a > 0 else None,
+        out = sde_step(v, x, sigma, step_sigmas[k + 1], a, noise=step_noise[k + 1].to(device) if a > 0 else None,
                        sde_type=sde_type, reduction=reduction, check_inputs=False, coefficients=step_coefs[k],
                        with_log_prob=False)
         if k in trained:
