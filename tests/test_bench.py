@@ -43,8 +43,8 @@ def test_targets_met_and_missed():
     table = format_table(_res(overhead=1.3))
     assert "| s: overhead <= 1.10 | isolated floor 1.11, in situ 1.30 | NO |" in table
     res = _res(window=0.47)
-    res["sde_window"]["update_ratio_pairs"] = [0.52, 0.47, 0.45]
-    want = "update time x0.47 for trained steps x0.44 (median of 3 alternating pairs: 0.52, 0.47, 0.45)"
+    res["sde_window"]["update_ratio_epochs"] = [0.52, 0.47, 0.45]
+    want = "update time x0.47 for trained steps x0.44 (median of 3 epochs in turns: 0.52, 0.47, 0.45)"
     assert want in format_table(res)
 
 
@@ -90,3 +90,42 @@ def test_every_setting_resolves_its_placeholders_and_loads(tmp_path):
         if "{tiny_sd3}" not in " ".join(ov):  # the SD3 ones need a saved pipeline; their text is checked above
             cfg = load_config(config, spec["overrides"])
             assert cfg.train.epochs == 3 and cfg.train.lr == 2e-4 and cfg.eval.every == 0
+
+
+def _mlp_spec(name, tmp_path, epochs, extra=()):
+    from grpo_guard.bench import SETTINGS, make_spec
+
+    config, ov = SETTINGS["toy-mlp-8px"]
+    ov = [o.replace("pretrain_steps: 300", "pretrain_steps: 20") for o in ov]
+    return make_spec(name, config, ov, tiny=tmp_path, prompts=tmp_path, epochs=epochs,
+                     user_overrides=[f"cache_dir={tmp_path / 'cache'}", *extra])
+
+
+def test_runs_in_turns_never_overlap(tmp_path):
+    """Two real runs in child processes take turns epoch by epoch: each writes all its rows, and every
+    epoch of one run starts after the other run's previous epoch ended (the SDE-window measurement)."""
+    from grpo_guard.bench import _run_in_turns
+
+    a, b = _run_in_turns([_mlp_spec("a", tmp_path, 2), _mlp_spec("b", tmp_path, 2, ["sample.sde_window=[0, 5]"])])
+    assert [r["epoch"] for r in a] == [r["epoch"] for r in b] == [0, 1]
+    order = sorted([(r["written_at"], r["epoch_seconds"], name) for name, rs in (("a", a), ("b", b)) for r in rs])
+    assert [name for *_, name in order] == ["a", "b"] * 2
+    for (end_prev, _, _), (end, secs, _) in zip(order, order[1:]):
+        assert end - secs >= end_prev - 0.01  # this epoch began after the previous row was written
+    assert all(r["update_seconds"] > 0 for r in a + b)
+
+
+def test_a_failing_run_in_turns_names_its_setting(tmp_path):
+    from grpo_guard.bench import BenchError, _run_in_turns
+
+    with pytest.raises(BenchError, match="bench: broken failed: .*no_such_key"):
+        _run_in_turns([_mlp_spec("broken", tmp_path, 2, ["train.no_such_key=1"]), _mlp_spec("fine", tmp_path, 2)])
+
+
+def test_window_ratio_drops_the_warmup_epoch():
+    from grpo_guard.bench import window_ratio
+
+    w = window_ratio([[9.0, 2.0, 2.0, 4.0], [1.0, 1.0, 0.9, 2.2]])
+    assert w["update_ratio_epochs"] == pytest.approx([0.5, 0.45, 0.55])
+    assert w["update_ratio"] == pytest.approx(0.5)
+    assert (w["full_update_s"], w["half_update_s"]) == (2.0, 1.0)

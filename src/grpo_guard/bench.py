@@ -27,7 +27,8 @@ parent collects them into ``OUT/bench.json`` and prints a table. Definitions:
   an unpaired ratio of two medians inherits. The table's other figures come from a child without the
   reference, so its peak RSS is ours alone;
 * SDE window: the update time of the toy SD3 world with ``sample.sde_window=[0, 5]`` (4 trained steps)
-  over that with all 9, the median of ``WINDOW_PAIRS`` ratios of children run alternately.
+  over that with all 9: two children run in turns, one epoch each (``WINDOW_EPOCHS`` each), the median of
+  the per-epoch ratios after the first epoch. Children run one after the other drifted apart by up to 25%.
 """
 
 from __future__ import annotations
@@ -349,8 +350,103 @@ def _child(setting_json: str) -> dict:
 #: so the allocator reaches its working size during the first epochs, as every timing drops epoch 0)
 MEMORY_WARMUP_EPOCHS = 5
 
-#: alternating (all steps, window) pairs of children behind the SDE-window ratio
-WINDOW_PAIRS = 3
+#: epochs of each configuration in the SDE-window measurement (the two runs take turns epoch by epoch)
+WINDOW_EPOCHS = 16
+
+
+def _turn_child(setting_json: str) -> dict:
+    """One real ``train()`` run that works only in turns given by the parent (:func:`_run_in_turns`): it
+    waits for a line on stdin before its set-up and after each metrics row, and prints each row's timings
+    as a JSON line (``{"row": ...}``) when the row is written."""
+    import torch
+
+    from .config import load_config
+    from .train import runlog
+    from .train.loop import train
+
+    spec = json.loads(setting_json)
+    torch.set_num_threads(spec.get("threads", 2))
+    cfg = load_config(spec["config"], spec["overrides"])
+    cfg.log.checkpoint_every = 0
+    real_append = runlog.MetricsLog.append
+
+    def append(log_self, row):
+        real_append(log_self, row)
+        timings = {k: row[k] for k in ("epoch", "epoch_seconds", "rollout_seconds", "update_seconds")}
+        print(json.dumps({"row": {**timings, "written_at": time.time()}}), flush=True)
+        sys.stdin.readline()
+
+    runlog.MetricsLog.append = append
+    sys.stdin.readline()
+    with tempfile.TemporaryDirectory() as d:
+        train(cfg, Path(d) / "run", log=lambda *_: None)
+    return {"name": spec["name"], "peak_rss_mb": _peak_rss_mb()}
+
+
+def _next_json_line(stream) -> dict | None:
+    """The next line of ``stream`` that is a JSON object (other output is skipped); None at its end."""
+    for line in stream:
+        try:
+            msg = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(msg, dict):
+            return msg
+    return None
+
+
+def _run_in_turns(specs: list[dict]) -> list[list[dict]]:
+    """Real ``train()`` runs of ``specs``, each in its own process, one epoch at a time in turn (epoch k of
+    each run, then epoch k + 1 of each, ...; set-up and the final checkpoint in turns too), so that epoch
+    k of every run meets the same machine load and ratios between the runs epoch by epoch carry none of
+    the drift between consecutive processes. A waiting process blocks on a pipe and takes no CPU. Returns
+    each run's metrics rows (``epoch``, ``epoch_seconds``, ``rollout_seconds``, ``update_seconds``, and
+    ``written_at``: the Unix time the row was written)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    rows: list[list[dict]] = [[] for _ in specs]
+    with tempfile.TemporaryDirectory() as d:
+        errs = [open(Path(d) / f"stderr{i}", "w+") for i in range(len(specs))]
+        procs = [subprocess.Popen([sys.executable, "-m", "grpo_guard.bench", "_turn", json.dumps(sp)], text=True,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, env=env)
+                 for sp, err in zip(specs, errs)]
+        try:
+            live = list(range(len(specs)))
+            while live:
+                for i in list(live):
+                    p = procs[i]
+                    try:
+                        p.stdin.write("go\n")
+                        p.stdin.flush()
+                    except BrokenPipeError:  # it has exited: its output and exit code tell how
+                        pass
+                    msg = _next_json_line(p.stdout)
+                    if msg is not None and "row" in msg:
+                        rows[i].append(msg["row"])
+                        continue
+                    live.remove(i)
+                    if p.wait() != 0 or msg is None:
+                        errs[i].seek(0)
+                        tail = errs[i].read().strip().splitlines()
+                        raise BenchError(f"bench: {specs[i]['name']} failed: "
+                                         f"{tail[-1] if tail else f'exit code {p.returncode}'}")
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                p.wait()
+            for e in errs:
+                e.close()
+    return rows
+
+
+def window_ratio(update_s: list[list[float]]) -> dict:
+    """The SDE-window figures from the runs' per-epoch update seconds ``[all steps, window]``:
+    the median of the per-epoch ratios window / all steps after the first epoch (warm-up), each run's median
+    update seconds over the same epochs, and the ratios themselves."""
+    full, half = (u[1:] or u for u in update_s)
+    ratios = [h / f for f, h in zip(full, half)]
+    return {"full_update_s": float(np.median(full)), "half_update_s": float(np.median(half)),
+            "update_ratio": float(np.median(ratios)), "update_ratio_epochs": ratios}
 
 
 def _memory_child(setting_json: str) -> dict:
@@ -492,16 +588,15 @@ def run_bench(out: Path, *, epochs: int = 6, quick: bool = False, overrides: lis
                                             "update_s": r["update_s"], "peak_rss_mb": r["peak_rss_mb"]})
         res["forward_mb"] = forward_memory_sweep(spec, log=log)
         log("[bench] SDE window")
-        # alternating pairs of children, the ratio the median of the pairs' ratios: the machine's speed drifts
-        # between children by up to about 25%, which a single pair would read as the window's effect
-        fulls, halves = [], []
-        for _ in range(WINDOW_PAIRS):
-            fulls.append(_run_child(spec("window-full", base_cfg, base_ov))["update_s"])
-            halves.append(_run_child(spec("window-half", base_cfg, [*base_ov, "sample.sde_window=[0, 5]"]))["update_s"])
-        pairs = [h / f for f, h in zip(fulls, halves)]
-        res["sde_window"] = {"full_update_s": float(np.median(fulls)), "half_update_s": float(np.median(halves)),
-                             "trained_steps": [9, 4], "update_ratio": float(np.median(pairs)),
-                             "update_ratio_pairs": pairs, "steps_ratio": 4 / 9}
+        runs = []
+        for name, extra in (("window-full", []), ("window-half", ["sample.sde_window=[0, 5]"])):
+            w = spec(name, base_cfg, [*base_ov, *extra])
+            w["overrides"] = [o for o in w["overrides"] if not o.startswith("train.epochs")] + [
+                f"train.epochs={WINDOW_EPOCHS}"]
+            runs.append(w)
+        full, half = _run_in_turns(runs)
+        res["sde_window"] = {**window_ratio([[r["update_seconds"] for r in full], [r["update_seconds"] for r in half]]),
+                             "trained_steps": [9, 4], "steps_ratio": 4 / 9, "epochs": WINDOW_EPOCHS}
     mem_epochs = 40 if quick else 200
     log(f"[bench] memory over {mem_epochs} epochs")
     mem_cfg, mem_ov = SETTINGS["toy-mlp-8px"]
@@ -594,10 +689,10 @@ def format_table(res: dict) -> str:
             f"{p['update_s']:.2f} s, {p['peak_rss_mb']:.0f} MB" for p in res["forward_mb"]))
     if res.get("sde_window"):
         w = res["sde_window"]
-        pairs = w.get("update_ratio_pairs")
+        ratios = w.get("update_ratio_epochs")
         lines.append(f"\nSDE window [0, 5) vs all steps: update time x{w['update_ratio']:.2f} for trained steps "
-                     f"x{w['steps_ratio']:.2f}" + (f" (median of {len(pairs)} alternating pairs: "
-                                                   + ", ".join(f"{x:.2f}" for x in pairs) + ")" if pairs else ""))
+                     f"x{w['steps_ratio']:.2f}" + (f" (median of {len(ratios)} epochs in turns: "
+                                                   + ", ".join(f"{x:.2f}" for x in ratios) + ")" if ratios else ""))
     if res.get("memory"):
         c = res["memory"]["rss_curve_mb"]
         lines.append(f"\nRSS over {res['memory']['name'].split('-')[1]} epochs (epoch: MB): " + ", ".join(f"{e}: {mb:.0f}" for e, mb in c))
@@ -607,8 +702,9 @@ def format_table(res: dict) -> str:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] in ("_one", "_memory"):
-        result = (_child if sys.argv[1] == "_one" else _memory_child)(sys.argv[2])
+    children = {"_one": _child, "_memory": _memory_child, "_turn": _turn_child}
+    if len(sys.argv) == 3 and sys.argv[1] in children:
+        result = children[sys.argv[1]](sys.argv[2])
         print(json.dumps(result))
     else:
         print("usage: grpo-guard bench --out DIR", file=sys.stderr)
