@@ -218,3 +218,21 @@ def test_build_toy_backbone_caches_and_reloads_identically(tmp_path):
     assert full.reference_net is not None
     with pytest.raises(ValueError, match="config"):
         build_toy_backbone({"net": "mlp"})
+
+
+def test_conditioning_index_by_positions_mask_and_slice():
+    """``Conditioning.index`` gathers the same rows of every field as plain indexing, for integer positions
+    (repeated and unsorted, as the training forward's entries are), a boolean mask and a slice."""
+    from grpo_guard.backbones.base import Conditioning
+
+    g = torch.Generator().manual_seed(0)
+    c = Conditioning(torch.randn(6, 3, 4, generator=g), torch.randn(6, 5, generator=g), None,
+                     torch.randn(6, 5, generator=g))
+    for idx in (torch.tensor([4, 0, 4, 2, 5, 1]), torch.tensor([3, 1], dtype=torch.int32),
+                torch.tensor([True, False, True, False, False, True]), slice(1, 4)):
+        got = c.index(idx)
+        key = idx.long() if isinstance(idx, torch.Tensor) and idx.dtype == torch.int32 else idx
+        assert torch.equal(got.embeds, c.embeds[key]) and torch.equal(got.pooled, c.pooled[key])
+        assert got.null_embeds is None and torch.equal(got.null_pooled, c.null_pooled[key])
+    with pytest.raises(IndexError):
+        c.index(torch.tensor([0, 6]))

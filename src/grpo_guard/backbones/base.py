@@ -46,7 +46,10 @@ class Conditioning:
                                for f in fields(self)})
 
     def index(self, idx: Tensor | slice) -> Conditioning:
-        """Rows ``idx`` of every field."""
+        """Rows ``idx`` of every field: a slice, a boolean mask, or non-negative integer positions (gathered
+        with ``index_select``)."""
+        if isinstance(idx, Tensor) and idx.dim() == 1 and idx.dtype in (torch.int64, torch.int32):
+            return self._map(lambda t: t.index_select(0, idx.to(t.device)))  # a row gather, cheaper than t[idx]
         return self._map(lambda t: t[idx])
 
     def to(self, device: torch.device | str) -> Conditioning:

@@ -123,7 +123,7 @@ class UpdateSettings:
             sig = self.sigmas.to(device=state.device, dtype=dtype)
             table = self._coefficient_table = sde_coefficients(sig[:-1], sig[1:], self.noise_level, self.sde_type)
         ks = ks.to(state.device)
-        return SDECoefficients(*(t[ks] for t in table))
+        return SDECoefficients(*(t.index_select(0, ks) for t in table))
 
 
 @dataclass
@@ -209,11 +209,12 @@ def _entry_loss(
     in one forward call: the mean over the (step, sample) entries, rows ordered step-major."""
     js = [js] if isinstance(js, int) else list(js)
     n = idx.numel()
-    # every (step, sample) entry with one gather per stored tensor, rows step-major: (len(js), n) -> rows
+    # every (step, sample) entry as a row of the stored (B * T, ...) tensors, rows step-major: (len(js), n) ->
+    # rows; one index_select per stored tensor (a plain row gather, several times cheaper than indexing)
     jt = torch.tensor(js, dtype=torch.long, device=idx.device)
-    rows = (idx[None, :], jt[:, None])
-    x = traj.latents[rows].flatten(0, 1)
-    nxt = traj.next_latents[rows].flatten(0, 1)
+    rows = (idx[None, :] * traj.step_indices.numel() + jt[:, None]).flatten().to(traj.latents.device)
+    x = traj.latents.flatten(0, 1).index_select(0, rows)
+    nxt = traj.next_latents.flatten(0, 1).index_select(0, rows)
     ks = traj.step_indices.to(s.sigmas.device)[jt].repeat_interleave(n)
     sig, sig_next = s.sigmas[ks].to(x.device), s.sigmas[ks + 1].to(x.device)
     coefs = s.step_coefficients(ks, x)
@@ -230,9 +231,10 @@ def _entry_loss(
             ref_mean = sde_step(v_ref, x, sig, sig_next, s.noise_level, next_state=nxt, sde_type=s.sde_type,
                                 reduction=s.loss.reduction, check_inputs=False, coefficients=coefs).mean
     return policy_loss(
-        cur.log_prob, traj.log_probs[rows].flatten(), advantages[idx].repeat(len(js)),
-        mean=cur.mean, old_mean=traj.means[rows].flatten(0, 1), std=cur.std, dt=sig_next - sig, sigma=sig,
-        sigma_t=cur.sigma_t,
+        cur.log_prob, traj.log_probs.flatten().index_select(0, rows),
+        advantages.index_select(0, idx.to(advantages.device)).repeat(len(js)),
+        mean=cur.mean, old_mean=traj.means.flatten(0, 1).index_select(0, rows), std=cur.std, dt=sig_next - sig,
+        sigma=sig, sigma_t=cur.sigma_t,
         ref_mean=ref_mean, ratio_mode=s.loss.ratio_mode, step_weight=s.loss.step_weight,
         clip_range=s.loss.clip_range, kl_coef=s.loss.kl_coef, reduction=s.loss.reduction,
         official_compat=s.loss.official_compat, check_inputs=False,
