@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["SETTINGS", "BenchError", "run_bench", "make_spec", "setting_spec", "prepare_out", "format_table", "targets",
-           "wrap_network"]
+           "wrap_network", "after_each_row"]
 
 
 class BenchError(RuntimeError):
@@ -139,22 +139,43 @@ def wrap_network(wrap, after_append=None) -> None:
     ``benchmarks/loop_ops.py`` draw the network's boundary with it."""
     import torch
 
-    from .train import loop, runlog
+    from .train import loop
 
-    real_build, real_append = loop.build_backbone, runlog.MetricsLog.append
+    real_build = loop.build_backbone
 
     def build(*a, **k):
         bb = real_build(*a, **k)
         bb.forward, bb.decode, bb.encode_prompts = wrap(bb.forward), wrap(bb.decode), wrap(bb.encode_prompts)
         return bb
 
+    loop.build_backbone = build
+    torch.autograd.backward = wrap(torch.autograd.backward)
+    if after_append is not None:
+        after_each_row(after_append)
+
+
+def after_each_row(callback) -> None:
+    """Call ``callback(row)`` in this process after each metrics row that ``train()`` writes."""
+    from .train import runlog
+
+    real_append = runlog.MetricsLog.append
+
     def append(log_self, row):
         real_append(log_self, row)
-        if after_append is not None:
-            after_append(row)
+        callback(row)
 
-    loop.build_backbone, runlog.MetricsLog.append = build, append
-    torch.autograd.backward = wrap(torch.autograd.backward)
+    runlog.MetricsLog.append = append
+
+
+def _child_run(setting_json: str):
+    """A measurement child's ``(spec, config)``, with torch's threads set as the spec says."""
+    import torch
+
+    from .config import load_config
+
+    spec = json.loads(setting_json)
+    torch.set_num_threads(spec.get("threads", 2))
+    return spec, load_config(spec["config"], spec["overrides"])
 
 
 def _floor(cfg, mb_per_row: float | None) -> dict:
@@ -295,14 +316,9 @@ class _ReferenceLoop:
 
 
 def _child(setting_json: str) -> dict:
-    import torch
-
-    from .config import load_config
     from .train.loop import train
 
-    spec = json.loads(setting_json)
-    torch.set_num_threads(spec.get("threads", 2))
-    cfg = load_config(spec["config"], spec["overrides"])
+    spec, cfg = _child_run(setting_json)
     out: dict = {"name": spec["name"]}
     clock = _NetworkClock()
     clock.install()
@@ -358,25 +374,17 @@ def _turn_child(setting_json: str) -> dict:
     """One real ``train()`` run that works only in turns given by the parent (:func:`_run_in_turns`): it
     waits for a line on stdin before its set-up and after each metrics row, and prints each row's timings
     as a JSON line (``{"row": ...}``) when the row is written."""
-    import torch
-
-    from .config import load_config
-    from .train import runlog
     from .train.loop import train
 
-    spec = json.loads(setting_json)
-    torch.set_num_threads(spec.get("threads", 2))
-    cfg = load_config(spec["config"], spec["overrides"])
+    spec, cfg = _child_run(setting_json)
     cfg.log.checkpoint_every = 0
-    real_append = runlog.MetricsLog.append
 
-    def append(log_self, row):
-        real_append(log_self, row)
+    def report_and_wait(row):
         timings = {k: row[k] for k in ("epoch", "epoch_seconds", "rollout_seconds", "update_seconds")}
         print(json.dumps({"row": {**timings, "written_at": time.time()}}), flush=True)
         sys.stdin.readline()
 
-    runlog.MetricsLog.append = append
+    after_each_row(report_and_wait)
     sys.stdin.readline()
     with tempfile.TemporaryDirectory() as d:
         train(cfg, Path(d) / "run", log=lambda *_: None)
@@ -426,9 +434,7 @@ def _run_in_turns(specs: list[dict]) -> list[list[dict]]:
                     live.remove(i)
                     if p.wait() != 0 or msg is None:
                         errs[i].seek(0)
-                        tail = errs[i].read().strip().splitlines()
-                        raise BenchError(f"bench: {specs[i]['name']} failed: "
-                                         f"{tail[-1] if tail else f'exit code {p.returncode}'}")
+                        raise _child_failed(specs[i], errs[i].read(), p.returncode)
         finally:
             for p in procs:
                 if p.poll() is None:
@@ -451,30 +457,20 @@ def window_ratio(update_s: list[list[float]]) -> dict:
 
 def _memory_child(setting_json: str) -> dict:
     """RSS at epoch 0, after the warm-up and every 20 epochs over a long run (memory must stay flat)."""
-    import torch
-
-    from .config import load_config
     from .train.loop import train
 
-    spec = json.loads(setting_json)
-    torch.set_num_threads(spec.get("threads", 2))
-    cfg = load_config(spec["config"], spec["overrides"])
+    spec, cfg = _child_run(setting_json)
     curve = []
 
     def rss_mb() -> float:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
-    from .train import runlog
-
-    orig = runlog.MetricsLog.append
-
-    def append(self, row):
-        orig(self, row)
+    def sample(row):
         if row.get("epoch", 0) % 20 == 0 or row.get("epoch") == MEMORY_WARMUP_EPOCHS:
             curve.append((row["epoch"], rss_mb()))
 
-    runlog.MetricsLog.append = append
+    after_each_row(sample)
     with tempfile.TemporaryDirectory() as d:
         train(cfg, Path(d) / "run", log=lambda *_: None)
     return {"name": spec["name"], "rss_curve_mb": curve, "peak_rss_mb": _peak_rss_mb()}
@@ -487,9 +483,20 @@ def _run_child(spec: dict, kind: str = "one") -> dict:
     cmd = [sys.executable, "-m", "grpo_guard.bench", f"_{kind}", json.dumps(spec)]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if r.returncode != 0:
-        last = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit code {r.returncode}"
-        raise BenchError(f"bench: {spec['name']} failed: {last}")
+        raise _child_failed(spec, r.stderr, r.returncode)
     return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _child_failed(spec: dict, stderr: str, returncode: int) -> BenchError:
+    """The error of a failed measurement child: its setting and its last line on stderr."""
+    lines = stderr.strip().splitlines()
+    return BenchError(f"bench: {spec['name']} failed: {lines[-1] if lines else f'exit code {returncode}'}")
+
+
+def _with_epochs(spec: dict, epochs: int) -> dict:
+    """``spec`` with ``train.epochs`` set to ``epochs`` (whatever the user's overrides said)."""
+    return {**spec, "overrides": [o for o in spec["overrides"] if not o.startswith("train.epochs")]
+            + [f"train.epochs={epochs}"]}
 
 
 def make_spec(name: str, config: str, setting_overrides: list[str], *, tiny: Path, prompts: Path, epochs: int,
@@ -588,21 +595,15 @@ def run_bench(out: Path, *, epochs: int = 6, quick: bool = False, overrides: lis
                                             "update_s": r["update_s"], "peak_rss_mb": r["peak_rss_mb"]})
         res["forward_mb"] = forward_memory_sweep(spec, log=log)
         log("[bench] SDE window")
-        runs = []
-        for name, extra in (("window-full", []), ("window-half", ["sample.sde_window=[0, 5]"])):
-            w = spec(name, base_cfg, [*base_ov, *extra])
-            w["overrides"] = [o for o in w["overrides"] if not o.startswith("train.epochs")] + [
-                f"train.epochs={WINDOW_EPOCHS}"]
-            runs.append(w)
-        full, half = _run_in_turns(runs)
+        variants = (("window-full", []), ("window-half", ["sample.sde_window=[0, 5]"]))
+        full, half = _run_in_turns([_with_epochs(spec(name, base_cfg, [*base_ov, *extra]), WINDOW_EPOCHS)
+                                    for name, extra in variants])
         res["sde_window"] = {**window_ratio([[r["update_seconds"] for r in full], [r["update_seconds"] for r in half]]),
                              "trained_steps": [9, 4], "steps_ratio": 4 / 9, "epochs": WINDOW_EPOCHS}
     mem_epochs = 40 if quick else 200
     log(f"[bench] memory over {mem_epochs} epochs")
     mem_cfg, mem_ov = SETTINGS["toy-mlp-8px"]
-    m = spec(f"memory-{mem_epochs}", mem_cfg, mem_ov)
-    m["overrides"] = [o for o in m["overrides"] if not o.startswith("train.epochs")] + [f"train.epochs={mem_epochs}"]
-    res["memory"] = _run_child(m, kind="memory")
+    res["memory"] = _run_child(_with_epochs(spec(f"memory-{mem_epochs}", mem_cfg, mem_ov), mem_epochs), kind="memory")
     res["targets"] = [{"target": t, "measured": fig, "met": ok} for t, fig, ok in targets(res)]
     from .train.runlog import atomic_write_text
 
