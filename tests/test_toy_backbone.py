@@ -236,3 +236,48 @@ def test_conditioning_index_by_positions_mask_and_slice():
         assert got.null_embeds is None and torch.equal(got.null_pooled, c.null_pooled[key])
     with pytest.raises(IndexError):
         c.index(torch.tensor([0, 6]))
+
+
+class _OwnTrain(torch.nn.Module):
+    """A module whose own ``train`` does more than set flags (as some library modules do)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5))
+        self.calls = []
+
+    def train(self, mode=True):
+        self.calls.append(mode)
+        return super().train(mode)
+
+
+def _tree():
+    return torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Sequential(torch.nn.Dropout(0.1), _OwnTrain()),
+                               torch.nn.ModuleDict({"a": torch.nn.BatchNorm1d(2), "b": None}))
+
+
+@pytest.mark.parametrize("mode", [True, False])
+def test_set_training_mode_sets_the_flags_nn_module_train_sets(mode):
+    from grpo_guard.backbones.base import set_training_mode
+
+    ours, torchs = _tree(), _tree()
+    for t in (ours, torchs):
+        t.train(not mode)
+    set_training_mode(ours, mode)
+    torchs.train(mode)
+    assert [m.training for m in ours.modules()] == [m.training for m in torchs.modules()]
+    assert all(m.training is mode for m in ours.modules())
+    # a module that overrides train() is switched through it, as nn.Module.train does
+    own = [m for m in ours.modules() if isinstance(m, _OwnTrain)][0]
+    assert own.calls == [not mode, mode]
+
+
+def test_backbone_train_and_eval_switch_only_the_trained_net(quick_state):
+    bb = ToyBackbone(quick_state, lora_rank=4)
+    assert bb.train() is bb and bb.training
+    assert all(m.training for m in bb.net.modules())
+    assert not any(m.training for m in bb.text_encoder.modules())
+    bb.eval()
+    assert not bb.training and not any(m.training for m in bb.modules())
+    with pytest.raises(ValueError, match="mode"):
+        bb.train("yes")

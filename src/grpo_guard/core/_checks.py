@@ -18,8 +18,29 @@ def check_choice(name: str, value: str, choices: Iterable[str]) -> None:
         raise ValueError(f"{name}: unknown value {value!r}; expected one of {', '.join(map(repr, choices))}")
 
 
+#: from this many values on, :func:`all_finite` tries the sum first
+_SUM_FIRST = 512
+
+
+def all_finite(tensor: Tensor) -> bool:
+    """``bool(torch.isfinite(tensor).all())``, the same answer for every input, cheaper for large tensors.
+
+    A NaN or an infinity in any value makes the sum NaN or infinite, so a finite sum proves every value
+    finite: one reduction instead of an elementwise boolean tensor and a second reduction (a (64, 11, 64)
+    float32 tensor on 2 CPU threads: about 15 us against 90 us). A sum that overflows although every
+    value is finite falls back to the elementwise test. Half-precision tensors are summed in float32.
+    """
+    if not (tensor.is_floating_point() or tensor.is_complex()):
+        return True
+    if tensor.numel() >= _SUM_FIRST:
+        wide = torch.float32 if tensor.dtype in (torch.float16, torch.bfloat16) else None
+        if bool(torch.isfinite(tensor.sum(dtype=wide))):
+            return True
+    return bool(torch.isfinite(tensor).all())
+
+
 def check_finite(name: str, tensor: Tensor | None) -> None:
-    if tensor is not None and not bool(torch.isfinite(tensor).all()):
+    if tensor is not None and not all_finite(tensor):
         raise ValueError(f"{name}: contains NaN or Inf")
 
 

@@ -33,6 +33,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from ..core._checks import all_finite
 from .base import RewardContext
 
 __all__ = ["make_remote_reward", "RemoteReward", "RemoteRewardError"]
@@ -106,7 +107,7 @@ class RemoteReward:
         if metadata is not None and len(metadata) != n:
             raise ValueError(f"metadata: {len(metadata)} entries for {n} images")
         x = images.detach().to("cpu", torch.float32)
-        if not bool(torch.isfinite(x).all()):
+        if not all_finite(x):
             raise ValueError("images: contain NaN or Inf")
         x = x.clamp(0.0, 1.0)  # the reward interface's range; float error in a decoder may overshoot it
         meta = _metadata_json(metadata)
@@ -248,7 +249,7 @@ def _parse_scores(raw: bytes, n: int) -> Tensor:
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scores):
         raise _Attempt("malformed answer: scores must be numbers", retry=True)
     out = torch.tensor([float(v) for v in scores], dtype=torch.float32)
-    if not all(math.isfinite(float(v)) for v in scores) or not bool(torch.isfinite(out).all()):
+    if not all(math.isfinite(float(v)) for v in scores) or not all_finite(out):
         raise _Attempt("malformed answer: scores contain NaN or Inf", retry=True)
     return out
 

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ..config import RunConfig
+from ..core._checks import all_finite
 from ..image_stats import image_stats
 from ..rewards import weighted_sum
 from .rollout import per_sample_noise, rollout
@@ -67,7 +68,7 @@ def evaluate_policy(backbone, cfg: RunConfig, all_prompts: list[str], rewards: d
         except Exception as e:  # noqa: BLE001 - any reward failure is reported the same way
             raise EvaluationRewardError(f"reward {spec.name} failed on the evaluation set: "
                                         f"{type(e).__name__}: {e}") from None
-        if v.shape != (len(eval_prompts),) or not bool(torch.isfinite(v).all()):
+        if v.shape != (len(eval_prompts),) or not all_finite(v):
             raise EvaluationRewardError(f"reward {spec.name} returned {tuple(v.shape)} values with NaN/Inf or the "
                                         f"wrong shape on the evaluation set")
         res[f"eval/{spec.name}_mean"] = float(v.mean())

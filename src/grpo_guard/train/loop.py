@@ -31,6 +31,7 @@ from torch import Tensor
 from ..backbones import BackboneContext, build_backbone
 from ..config import RunConfig, dump_config
 from ..core import group_advantages, per_step_ratio_stats, spread
+from ..core._checks import all_finite
 from ..prompts import draw_epoch_prompts, load_prompts
 from ..rewards import RewardContext, build_evaluator, build_reward, weighted_sum
 from ..seeding import derive_generator
@@ -111,7 +112,7 @@ def _check_reward(name: str, value, n: int) -> str | None:
     if not torch.is_tensor(value) or value.shape != (n,):
         shape = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
         return f"reward {name} returned {shape}, expected ({n},)"
-    if not bool(torch.isfinite(value).all()):
+    if not all_finite(value):
         return f"reward {name} returned NaN or Inf"
     return None
 
@@ -404,7 +405,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, accelerator, rank: int, worl
                 ent = {k: _gather_cat(accelerator, v.to(device)).cpu() for k, v in result.entries.items()}
                 st = per_step_ratio_stats(ent["step_pos"], ent["log_ratio"], ent["advantage"], len(trained_steps),
                                           cfg.loss.clip_range, log_ratio_used=ent["log_ratio_used"],
-                                          bias=ent["bias"] if bool(torch.isfinite(ent["bias"]).all()) else None,
+                                          bias=ent["bias"] if all_finite(ent["bias"]) else None,
                                           reduction=cfg.loss.reduction,
                                           num_dims=math.prod(backbone.latent_shape))
                 row["trained_steps"] = trained_steps

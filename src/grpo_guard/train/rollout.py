@@ -15,7 +15,7 @@ from torch import Tensor
 from ..backbones.base import Conditioning
 from ..core import SDECoefficients, gaussian_log_prob, sde_coefficients, sde_step
 from ..core.sde import _compute_dtype
-from ..core._checks import check_finite
+from ..core._checks import all_finite, check_finite
 from ..seeding import derive_generator
 
 __all__ = ["Trajectory", "per_sample_noise", "rollout"]
@@ -143,8 +143,8 @@ def rollout(
     # the model's output is the only input of the steps not checked above. A NaN or Inf velocity at any
     # step reaches the final state (every step is x * c_x + v * c_v + std * eps with c_x > 0, c_v = dt != 0),
     # so one check of the final state replaces a check (and a device sync) per step
-    if not bool(torch.isfinite(x).all()):
-        bad = [int(k) for k, j in sorted(trained.items()) if not bool(torch.isfinite(next_latents[:, j]).all())]
+    if not all_finite(x):
+        bad = [int(k) for k, j in sorted(trained.items()) if not all_finite(next_latents[:, j])]
         where = f" (first seen in the state after schedule step {bad[0]})" if bad else ""
         raise ValueError(f"velocity: contains NaN or Inf{where}")
     return Trajectory(latents, next_latents, log_probs, means, x, step_indices)

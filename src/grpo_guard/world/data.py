@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..core._checks import all_finite
+
 __all__ = [
     "NUM_CLASSES",
     "SPLIT_NAMES",
@@ -65,7 +67,7 @@ def check_images(name: str, images: Tensor, resolution: int | None = None) -> No
         raise ValueError(
             f"{name}: expected spatial size {resolution}x{resolution}, got {images.shape[2]}x{images.shape[3]}"
         )
-    if not bool(torch.isfinite(images).all()):
+    if not all_finite(images):
         raise ValueError(f"{name}: contains NaN or Inf")
 
 
