@@ -12,18 +12,12 @@ bench does (one reference epoch after each of ours). The tiny-SD3 settings keep 
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
-from grpo_guard.bench import SETTINGS, _run_child, setting_spec
+from _common import setting_parser
+from grpo_guard.bench import _run_child, setting_spec
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("setting", choices=list(SETTINGS))
-    ap.add_argument("--epochs", type=int, default=40)
-    ap.add_argument("--out", type=Path, default=Path("runs/bench"), help="where bench keeps its tiny SD3 pipeline")
-    ap.add_argument("--set", action="append", default=[], help="extra config overrides")
+    ap = setting_parser(epochs=40)
     ap.add_argument("--paired", action="store_true", help="also run the reference-style loop, paired")
     a = ap.parse_args()
     r = _run_child(setting_spec(a.setting, a.out, a.epochs, a.set, reference=a.paired))

@@ -13,17 +13,15 @@ its size.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import tempfile
 import traceback
 from pathlib import Path
 
-import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from grpo_guard.bench import SETTINGS, setting_spec, wrap_network
-from grpo_guard.config import load_config
+from _common import setting_config, setting_parser
+from grpo_guard.bench import wrap_network
 from grpo_guard.train import loop
 
 
@@ -54,18 +52,10 @@ class _OpCounter(TorchDispatchMode):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("setting", choices=list(SETTINGS))
-    ap.add_argument("--epochs", type=int, default=6)
+    ap = setting_parser(epochs=6)
     ap.add_argument("--top", type=int, default=25)
-    ap.add_argument("--out", type=Path, default=Path("runs/bench"), help="where bench keeps its tiny SD3 pipeline")
-    ap.add_argument("--set", action="append", default=[], help="extra config overrides")
     a = ap.parse_args()
-    if a.epochs < 2:
-        ap.error("--epochs: at least 2 (the first epoch is not counted)")
-    torch.set_num_threads(2)
-    spec = setting_spec(a.setting, a.out, a.epochs, ["log.checkpoint_every=0", *a.set])
-    cfg = load_config(spec["config"], spec["overrides"])
+    cfg = setting_config(ap, a, min_epochs=2)
 
     counter = _OpCounter()
 

@@ -7,30 +7,20 @@ Prints the functions with the largest cumulative and own time (the first epoch, 
 
 from __future__ import annotations
 
-import argparse
 import cProfile
 import pstats
 import tempfile
 from pathlib import Path
 
-import torch
-
-from grpo_guard.bench import SETTINGS, setting_spec
-from grpo_guard.config import load_config
+from _common import setting_config, setting_parser
 from grpo_guard.train.loop import train
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("setting", choices=list(SETTINGS))
-    ap.add_argument("--epochs", type=int, default=4)
+    ap = setting_parser(epochs=4)
     ap.add_argument("--top", type=int, default=30)
-    ap.add_argument("--out", type=Path, default=Path("runs/bench"), help="where bench keeps its tiny SD3 pipeline")
-    ap.add_argument("--set", action="append", default=[], help="extra config overrides")
     a = ap.parse_args()
-    torch.set_num_threads(2)
-    spec = setting_spec(a.setting, a.out, a.epochs, ["log.checkpoint_every=0", *a.set])
-    cfg = load_config(spec["config"], spec["overrides"])
+    cfg = setting_config(ap, a)
     prof = cProfile.Profile()
     with tempfile.TemporaryDirectory() as d:
         prof.enable()

@@ -129,3 +129,24 @@ def test_window_ratio_drops_the_warmup_epoch():
     assert w["update_ratio_epochs"] == pytest.approx([0.5, 0.45, 0.55])
     assert w["update_ratio"] == pytest.approx(0.5)
     assert (w["full_update_s"], w["half_update_s"]) == (2.0, 1.0)
+
+
+def test_loop_time_script_times_every_part(tmp_path):
+    """``benchmarks/loop_time.py`` finds every part it times where the loop looks it up (a renamed function
+    breaks it here), and each part's own time, network calls excluded, is not negative."""
+    import re
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "loop_time.py"
+    r = subprocess.run([sys.executable, str(script), "toy-mlp-8px", "--epochs", "3", "--out", str(tmp_path / "b"),
+                        "--set", f"cache_dir={tmp_path / 'cache'}"], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    times = {m.group(1).strip(): float(m.group(2))
+             for m in re.finditer(r"^\s+(\S.*?)\s+(-?\d+\.\d+)(?:\s+\(|$)", r.stdout, re.M)}
+    for label in ("per-sample noise", "rollout()", "update_policy()", "policy_loss", "gradient clip",
+                  "per-step ratio diagnostics", "metrics row written", "reward toy_classifier", "loop, untimed",
+                  "network: backward"):
+        assert label in times, (label, r.stdout)
+    assert all(v >= 0 for k, v in times.items() if k != "loop, untimed"), r.stdout
+    assert times["network"] > times["rollout()"] + times["update_policy()"]  # own times, without the network
+    assert float(re.search(r"in-situ overhead (\d+\.\d+)", r.stdout).group(1)) > 1.0
