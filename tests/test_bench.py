@@ -67,6 +67,7 @@ def test_quick_bench_end_to_end(tmp_path):
     assert [e for e, _ in res["memory"]["rss_curve_mb"]] == [0, 5, 20]
     assert {t["target"] for t in res["targets"]} >= {"toy-mlp-8px: overhead <= 1.10"}
     assert "| target | measured | met |" in r.stdout and "toy-mlp-8px" in r.stdout
+    assert (tmp_path / "b" / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the figure, after the JSON
 
 
 def test_bad_override_is_one_line(tmp_path):
@@ -150,3 +151,44 @@ def test_loop_time_script_times_every_part(tmp_path):
     assert all(v >= 0 for k, v in times.items() if k != "loop, untimed"), r.stdout
     assert times["network"] > times["rollout()"] + times["update_policy()"]  # own times, without the network
     assert float(re.search(r"in-situ overhead (\d+\.\d+)", r.stdout).group(1)) > 1.0
+
+
+def _full_res():
+    res = _res(window=0.49)
+    res["settings"][0].update({"ours_over_reference_pairs": [0.55, 0.6, 0.62]})
+    res["scaling"] = {axis: {"points": [{"value": v, "epoch_s": v / 4, "peak_rss_mb": 500 + 10 * v} for v in values],
+                             "time_exponent": 1.0, "memory_exponent": 0.3}
+                      for axis, values in (("group_size", [4, 8, 16]), ("num_steps", [5, 10, 20]))}
+    res["sde_window"]["update_ratio_epochs"] = [0.5, 0.47, 0.49]
+    res.update({"machine": {"cores": 2, "torch": "x"}, "date": "2026-12-02", "epochs": 6})
+    return res
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_bench_figure_draws_full_and_quick_results(tmp_path, quick):
+    from PIL import Image
+
+    from grpo_guard.bench_figure import fig_bench
+
+    res = _full_res()
+    if quick:  # --quick measures no scaling and no SDE window, and may pair no reference loop
+        res["scaling"], res["sde_window"] = {}, None
+        for key in ("ours_over_reference", "ours_over_reference_pairs"):
+            res["settings"][0].pop(key)
+    path = fig_bench(res, tmp_path / "fig" / "bench.png")
+    assert path == tmp_path / "fig" / "bench.png" and not list(path.parent.glob(".*tmp"))
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.width > 1000 and im.height > 500
+
+
+def test_bench_figure_redraws_from_json_and_refuses_a_bad_file(tmp_path, capsys):
+    from grpo_guard.bench_figure import main
+
+    (tmp_path / "bench.json").write_text(json.dumps(_full_res()))
+    assert main([str(tmp_path / "bench.json")]) == 0
+    assert (tmp_path / "bench.png").is_file()
+    (tmp_path / "bad.json").write_text("{not json")
+    assert main([str(tmp_path / "bad.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(str(tmp_path / "bad.json")) and "\n" not in err
+    assert main([]) == 2
