@@ -87,7 +87,7 @@ def _window_panel(ax, window: dict | None) -> None:
     ax.set_xlabel("epoch")
     ax.set_ylabel("window update time / all-steps update time")
     ax.set_title("SDE window: update time in proportion", fontsize=10)
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=7, loc="best", framealpha=0.8)
 
 
 def _scaling_panel(ax, scaling: dict, key: str, exponent: str, ylabel: str, title: str) -> None:
@@ -139,8 +139,11 @@ def fig_bench(res: dict, path: str | Path) -> Path:
     _scaling_panel(axes[1, 1], scaling, "peak_rss_mb", "memory_exponent", "peak RSS (MB)", "peak memory scaling")
     _memory_panel(axes[1, 2], res.get("memory"))
     machine = res.get("machine", {})
+    longer = ", ".join(f"{r['name']}: {r['epochs']}" for r in settings if r.get("epochs", res.get("epochs"))
+                       != res.get("epochs"))
     fig.suptitle(f"grpo-guard bench, {res.get('date', '')}: {machine.get('cores', '?')} cores, torch "
-                 f"{machine.get('torch', '?')}, {res.get('epochs', '?')} epochs per measurement", fontsize=11)
+                 f"{machine.get('torch', '?')}, {res.get('epochs', '?')} epochs per measurement"
+                 + (f" ({longer})" if longer else ""), fontsize=11)
     return _save(fig, path)
 
 
