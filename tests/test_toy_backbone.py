@@ -281,3 +281,16 @@ def test_backbone_train_and_eval_switch_only_the_trained_net(quick_state):
     assert not bb.training and not any(m.training for m in bb.modules())
     with pytest.raises(ValueError, match="mode"):
         bb.train("yes")
+
+
+def test_set_training_mode_reaches_a_compiled_module():
+    """``torch.compile``'s wrapper keeps ``training`` as a property of the module it wraps: the walk sets it
+    through the property (no compilation happens: the module is never called)."""
+    from grpo_guard.backbones.base import set_training_mode
+
+    inner = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.1))
+    wrapped = torch.nn.Sequential(torch.compile(inner))
+    set_training_mode(wrapped, False)
+    assert not inner.training and not any(m.training for m in inner.modules())
+    set_training_mode(wrapped, True)
+    assert all(m.training for m in inner.modules())
