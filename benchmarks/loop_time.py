@@ -110,9 +110,9 @@ def main() -> None:
         loop.train(cfg, Path(d) / "run", log=lambda *_: None)
 
     steady = per_epoch[1:]
+    top = [k for k, parent in labels.items() if parent is None] + reward_keys
     for r in steady:
         r["network"] = sum(r.get(k, 0.0) for k in NETWORK)
-        top = [k for k, parent in labels.items() if parent is None] + reward_keys
         r["loop, untimed"] = r["epoch"] - r["network"] - sum(r.get(k, 0.0) for k in top)
 
     def med(key):

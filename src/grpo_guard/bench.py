@@ -3,7 +3,7 @@ floor) and against a reference-style loop, plus scaling, the training-forward ro
 memory over many epochs and the SDE window.
 
 Every measurement runs in its own subprocess (a clean peak-RSS figure) and prints one JSON line; the
-parent collects them into ``OUT/bench.json`` and prints a table. Definitions:
+parent collects them into ``OUT/bench.json``, prints a table and draws ``OUT/bench.png``. Definitions:
 
 * epoch time: ``epoch_seconds`` of real ``train()`` epochs (evaluation, grad-norm probe and image
   grids off; one checkpoint at the end), the median over the epochs after the first (warm-up); the

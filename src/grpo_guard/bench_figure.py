@@ -33,7 +33,7 @@ from .report.figures import _new_figure, _note, _save
 __all__ = ["fig_bench"]
 
 _AXIS_LABELS = {"group_size": "group size", "num_steps": "sampling steps", "resolution": "resolution"}
-_BAR, _DOT, _LINE, _TARGET = "#1f77b4", "#0b3c5d", "#2ca02c", "#d62728"
+_BAR, _DOT, _TARGET = "#1f77b4", "#0b3c5d", "#d62728"
 
 
 def _short(name: str) -> str:
