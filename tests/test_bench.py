@@ -72,6 +72,75 @@ def test_quick_bench_end_to_end(tmp_path):
     assert (tmp_path / "b" / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the figure, after the JSON
 
 
+@pytest.mark.slow
+def test_bench_of_chosen_settings_only(tmp_path):
+    """``--settings``: only the named settings' main measurements (floor, in situ, paired reference), no
+    sweeps, SDE window or memory run; the table and the JSON name the device the runs trained on."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-m", "grpo_guard", "bench", "--out", str(tmp_path / "b"), "--settings",
+                        "toy-mlp-8px", "--epochs", "2", "--set", f"cache_dir={tmp_path / 'cache'}"],
+                       capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((tmp_path / "b" / "bench.json").read_text())
+    (s,) = res["settings"]
+    assert s["name"] == "toy-mlp-8px" and s["epochs"] == 10 and len(s["ref_losses"]) == 10
+    assert s["max_loss_diff"] < 1e-5 and s["overhead"] > 0
+    assert s["device"] == res["machine"]["device"] == "cpu" and s["peak_gpu_mb"] is None
+    assert res["memory"] is None and res["scaling"] == {} and res["sde_window"] is None
+    assert not any(t["target"].startswith("memory") for t in res["targets"])
+    assert r.stdout.startswith("device: cpu") and "[bench] memory" not in r.stderr
+
+
+def test_unknown_setting_is_refused_before_anything_runs(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "grpo_guard", "bench", "--out", str(tmp_path / "b"), "--settings",
+                        "toy-mlp-8px,sd3-huge"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "unknown sd3-huge" in r.stderr and "toy-mlp-8px, toy-sd3-32px" in r.stderr
+    assert not (tmp_path / "b").exists()
+
+
+def test_clocks_wait_for_cuda_and_not_for_the_cpu(monkeypatch):
+    """On CUDA every clock read waits for the queued kernels (else it would time their launches): the
+    network clock syncs before and after each timed call, ``_timeit`` around each repeat; on the CPU
+    nothing syncs. (No GPU here: ``torch.cuda.synchronize`` is replaced by a recorder.)"""
+    import torch
+
+    from grpo_guard import bench
+
+    events = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: events.append("sync"))
+    clock = bench._NetworkClock(torch.device("cuda"))
+    timed = clock._timed(lambda: events.append("call"))
+    timed()
+    assert events == ["sync", "call", "sync"] and clock.total > 0
+    clock.paused = True  # a paused clock (the paired reference epoch) adds no time, and need not wait
+    events.clear()
+    before = clock.total
+    timed()
+    assert events == ["sync", "call"] and clock.total == before
+    events.clear()
+    bench._timeit(lambda: events.append("call"), repeat=2, device=torch.device("cuda"))
+    assert events == ["sync", "call", "sync"] * 2
+    events.clear()
+    bench._NetworkClock(torch.device("cpu"))._timed(lambda: events.append("call"))()
+    bench._timeit(lambda: events.append("call"), repeat=1, device=torch.device("cpu"))
+    assert events == ["call", "call"]
+
+
+def test_table_and_targets_show_gpu_memory_when_measured():
+    res = _res()
+    res["settings"][0].update({"device": "cuda", "peak_gpu_mb": 812.4})
+    res["memory"]["gpu_curve_mb"] = [[0, 100.0], [5, 120.0], [180, 121.0]]
+    table = format_table(res)
+    assert table.startswith("device: cuda") and "| 500 (GPU 812) |" in table
+    assert "GPU memory allocated over 200 epochs (epoch: MB): 0: 100, 5: 120, 180: 121" in table
+    met = {t: ok for t, _, ok in targets(res)}
+    assert met["GPU memory flat over epochs 5-180"] and met["memory flat over epochs 0-180"]
+    res["memory"]["gpu_curve_mb"][-1] = [180, 400.0]  # growth on the device is a leak too
+    assert not {t: ok for t, _, ok in targets(res)}["GPU memory flat over epochs 5-180"]
+    assert "GPU" not in format_table(_res())  # a CPU run says nothing of a GPU
+
+
 def test_bad_override_is_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "grpo_guard", "bench", "--out", str(tmp_path), "--quick",
                         "--set", "train.no_such_key=1"], capture_output=True, text=True, timeout=120)

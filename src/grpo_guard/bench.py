@@ -27,6 +27,11 @@ parent collects them into ``OUT/bench.json``, prints a table and draws ``OUT/ben
   shared 2-core machine, timings of separate runs drifted by up to 40% between consecutive runs, which
   an unpaired ratio of two medians inherits. The table's other figures come from a child without the
   reference, so its peak RSS is ours alone;
+* device: the runs train where ``train()`` trains (CUDA when torch sees one, else the CPU), and the floor
+  and the reference-style loop run there too. On CUDA every clock waits for the device before it is
+  read (``torch.cuda.synchronize``), so the network clock also stops the loop's work from overlapping
+  the network's kernels: the in-situ overhead read there is an upper bound. Peak CUDA memory is reported
+  beside the peak RSS, and the memory run also records the memory allocated on the device;
 * SDE window: the update time of the toy SD3 world with ``sample.sde_window=[0, 5]`` (4 trained steps)
   over that with all 9: two children run in turns, one epoch each (``WINDOW_EPOCHS`` each), the median of
   the per-epoch ratios after the first epoch. Children run one after the other drifted apart by up to 25%.
@@ -94,12 +99,41 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _timeit(fn, repeat: int = 5) -> float:
-    """Median seconds of ``repeat`` calls of ``fn``."""
+def bench_device():
+    """The device the measured runs train on, by ``train()``'s own rule: CUDA when torch sees one, else the
+    CPU. The floor and the reference-style loop run there too, and the clocks wait for it (:func:`_sync`)."""
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _sync(device) -> None:
+    """Wait for the work queued on ``device`` (CUDA runs asynchronously: a clock read without this would
+    time the kernel launches, not the kernels); nothing on the CPU."""
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
+def _peak_gpu_mb(device) -> float | None:
+    """Peak CUDA memory allocated by this process (MB), None on the CPU."""
+    if device.type != "cuda":
+        return None
+    import torch
+
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+
+def _timeit(fn, repeat: int = 5, device=None) -> float:
+    """Median seconds of ``repeat`` calls of ``fn`` (the work queued on ``device`` included)."""
+    device = device or bench_device()
     times = []
     for _ in range(repeat):
+        _sync(device)
         t0 = time.perf_counter()
         fn()
+        _sync(device)
         times.append(time.perf_counter() - t0)
     return float(np.median(times))
 
@@ -109,18 +143,21 @@ class _NetworkClock:
     (``forward``, ``decode``) and ``torch.autograd.backward``; ``per_epoch`` holds one total per
     metrics row (the clock restarts at each row)."""
 
-    def __init__(self):
+    def __init__(self, device):
+        self.device = device  # on CUDA each timed call waits for the queued work before and after it
         self.total, self.per_epoch = 0.0, []
         self.paused = False
         self.after_row = None  # called with each metrics row, clock paused (the paired reference epoch)
 
     def _timed(self, fn):
         def wrapper(*a, **k):
+            _sync(self.device)
             t0 = time.perf_counter()
             try:
                 return fn(*a, **k)
             finally:
                 if not self.paused:
+                    _sync(self.device)
                     self.total += time.perf_counter() - t0
         return wrapper
 
@@ -184,10 +221,10 @@ def _child_run(setting_json: str):
     return spec, load_config(spec["config"], spec["overrides"])
 
 
-def _floor(cfg, mb_per_row: float | None) -> dict:
-    """Seconds of the model's own calls for one epoch of ``cfg`` (see the module docstring), the training
-    calls grouped as the loop groups them (``mb_per_row``: the run's measured activations per row, for
-    ``train.max_forward_mb``)."""
+def _floor(cfg, mb_per_row: float | None, device) -> dict:
+    """Seconds of the model's own calls for one epoch of ``cfg`` on ``device`` (see the module docstring),
+    the training calls grouped as the loop groups them (``mb_per_row``: the run's measured activations per
+    row, for ``train.max_forward_mb``)."""
     import torch
 
     from .backbones import BackboneContext, build_backbone
@@ -195,14 +232,14 @@ def _floor(cfg, mb_per_row: float | None) -> dict:
 
     s, t = cfg.sample, cfg.train
     bb = build_backbone(cfg.backbone.name, cfg.backbone.params,
-                        BackboneContext(Path(cfg.cache_dir).expanduser(), torch.device("cpu"), cfg.seed, False))
+                        BackboneContext(Path(cfg.cache_dir).expanduser(), device, cfg.seed, False)).to(device)
     b = s.prompts_per_epoch * s.group_size
     # prompts_per_epoch distinct prompts, each repeated group_size times, as in an epoch
     prompts = [f"a handwritten {i // s.group_size % 10}" if cfg.prompts.source == "digits" else
                f"{PROMPTS[i // s.group_size % len(PROMPTS)]} ({i // s.group_size})" for i in range(b)]
     cond = bb.encode_prompts(prompts)
-    x = torch.randn(b, *bb.latent_shape)
-    sig = torch.full((b,), 0.5)
+    x = torch.randn(b, *bb.latent_shape, device=device)
+    sig = torch.full((b,), 0.5, device=device)
     k_steps, t_steps = s.num_steps, len(cfg.trained_step_indices())
 
     def rollout_calls():
@@ -218,8 +255,8 @@ def _floor(cfg, mb_per_row: float | None) -> dict:
     cfg_copies = 1 if s.guidance_scale == 1 else 2
     n = b // t.updates_per_epoch
     idx = torch.arange(n)
-    xu = torch.randn(n * t_steps, *bb.latent_shape)
-    sigu = torch.full((n * t_steps,), 0.5)
+    xu = torch.randn(n * t_steps, *bb.latent_shape, device=device)
+    sigu = torch.full((n * t_steps,), 0.5, device=device)
     condu = cond.index(torch.arange(n * t_steps) % b)
 
     bound = row_bound(t.max_forward_rows, t.max_forward_mb, mb_per_row * 2**20 if mb_per_row else None)
@@ -235,15 +272,16 @@ def _floor(cfg, mb_per_row: float | None) -> dict:
 
     rollout_calls()
     update_calls()  # warm-up
-    return {"rollout_floor_s": _timeit(rollout_calls), "update_floor_s": _timeit(update_calls)}
+    return {"rollout_floor_s": _timeit(rollout_calls, device=device),
+            "update_floor_s": _timeit(update_calls, device=device)}
 
 
 class _ReferenceLoop:
     """The reference-style loop (module docstring) on its own backbone, optimizer and reward models,
-    built from ``cfg`` exactly as ``train()`` builds ours (same seed, so the same initial weights);
-    :meth:`epoch` runs one epoch and returns ``(seconds, mean loss)``."""
+    built from ``cfg`` exactly as ``train()`` builds ours (same seed, so the same initial weights) on
+    ``device``; :meth:`epoch` runs one epoch and returns ``(seconds, mean loss)``."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, device):
         import torch
 
         from .backbones import BackboneContext, build_backbone
@@ -251,18 +289,18 @@ class _ReferenceLoop:
         from .rewards import RewardContext, build_reward
         from .train.update import build_optimizer
 
-        self.cfg = cfg
+        self.cfg, self.device = cfg, device
         torch.manual_seed(cfg.seed)
         cache = Path(cfg.cache_dir).expanduser()
         self.bb = build_backbone(cfg.backbone.name, cfg.backbone.params,
-                                 BackboneContext(cache, torch.device("cpu"), cfg.seed, False))
-        rctx = RewardContext(cache, torch.device("cpu"), cfg.seed, getattr(self.bb, "image_size", None), verbose=False)
+                                 BackboneContext(cache, device, cfg.seed, False)).to(device)
+        rctx = RewardContext(cache, device, cfg.seed, getattr(self.bb, "image_size", None), verbose=False)
         self.rewards = {r.name: build_reward(r.name, r.params, rctx) for r in cfg.rewards}
         self.proxy_w = {r.name: r.weight for r in cfg.rewards if r.role == "proxy"}
         self.params = self.bb.trainable_parameters()
         self.opt = build_optimizer(self.params, cfg.train)
         self.all_prompts = load_prompts(cfg.prompts.source, cfg.prompts.path)
-        self.sigmas = self.bb.sigmas(cfg.sample.num_steps, cfg.sample.shift)
+        self.sigmas = self.bb.sigmas(cfg.sample.num_steps, cfg.sample.shift).to(device)
         self.trained = cfg.trained_step_indices()
 
     def epoch(self, epoch: int) -> tuple[float, float]:
@@ -274,9 +312,10 @@ class _ReferenceLoop:
         from .seeding import derive_generator
         from .train.rollout import per_sample_noise, rollout
 
-        cfg, bb, sigmas, trained = self.cfg, self.bb, self.sigmas, self.trained
+        cfg, bb, sigmas, trained, device = self.cfg, self.bb, self.sigmas, self.trained, self.device
         s, t, lo = cfg.sample, cfg.train, cfg.loss
         b = s.prompts_per_epoch * s.group_size
+        _sync(device)
         t0 = time.perf_counter()
         ep_prompts = draw_epoch_prompts(self.all_prompts, s.prompts_per_epoch, cfg.seed, epoch)
         perm = torch.randperm(b, generator=derive_generator(cfg.seed, "minibatch", epoch))
@@ -286,15 +325,16 @@ class _ReferenceLoop:
         noise = per_sample_noise(cfg.seed, "rollout", epoch, perm.tolist(), s.num_steps + 1, bb.latent_shape)
         traj = rollout(lambda x, sg, c: bb(x, sg, c, s.guidance_scale), cond, noise, sigmas, trained,
                        sde_steps=list(range(s.num_steps)), noise_level=s.noise_level, sde_type=s.sde_type,
-                       reduction=lo.reduction, batch_size=s.batch_size)
-        images = bb.decode(traj.final).float()
+                       reduction=lo.reduction, batch_size=s.batch_size, device=device)
+        images = bb.decode(traj.final).float().cpu()
         vals = {k: self.rewards[k](images, prompts, [{} for _ in prompts]).float() for k in self.proxy_w}
         adv = group_advantages(weighted_sum(vals, self.proxy_w), perm // s.group_size, std_mode=t.adv_std,
-                               eps=t.adv_eps, clip_max=t.adv_clip_max).advantages
+                               eps=t.adv_eps, clip_max=t.adv_clip_max).advantages.to(device)
         bb.train()
         ep_loss, count = 0.0, 0
         for _ in range(t.inner_epochs):
-            for idx in torch.arange(b).chunk(t.updates_per_epoch):
+            for idx in torch.arange(b, device=device).chunk(t.updates_per_epoch):
+                losses = []  # read once per minibatch, as Flow-GRPO logs its per-step statistics
                 for j, k in enumerate(trained):  # one call per trained step, as Flow-GRPO's loop
                     x, c = traj.latents[idx, j], cond.index(idx)
                     sg = sigmas[k].expand(idx.numel())
@@ -313,8 +353,9 @@ class _ReferenceLoop:
                                           step_weight=lo.step_weight, clip_range=lo.clip_range, kl_coef=lo.kl_coef,
                                           reduction=lo.reduction)
                     (loss / len(trained)).backward()
-                    ep_loss += float(loss)
-                    count += 1
+                    losses.append(loss.detach())
+                ep_loss += float(torch.stack(losses).double().sum())
+                count += len(losses)
                 torch.nn.utils.clip_grad_norm_(self.params, t.max_grad_norm)
                 self.opt.step()
                 self.opt.zero_grad(set_to_none=True)
@@ -326,11 +367,12 @@ def _child(setting_json: str) -> dict:
 
     spec, cfg = _child_run(setting_json)
     out: dict = {"name": spec["name"]}
-    clock = _NetworkClock()
+    device = bench_device()
+    clock = _NetworkClock(device)
     clock.install()
     ref_epochs: list[tuple[float, float]] = []
     if spec.get("reference"):  # paired: one reference epoch after each of ours, under the same machine load
-        ref = _ReferenceLoop(cfg)
+        ref = _ReferenceLoop(cfg, device)
         clock.after_row = lambda row: ref_epochs.append(ref.epoch(row["epoch"]))
     with tempfile.TemporaryDirectory() as d:
         cfg.log.checkpoint_every = 0
@@ -346,6 +388,7 @@ def _child(setting_json: str) -> dict:
                 "insitu_overhead": float(np.median([r["epoch_seconds"] / r["network_seconds"] for r in steady])),
                 "epoch_s_all": [r["epoch_seconds"] for r in rows],
                 "losses": [r.get("loss") for r in rows], "peak_rss_mb": _peak_rss_mb(),
+                "peak_gpu_mb": _peak_gpu_mb(device), "device": device.type,
                 "forward_mb_per_row": rows[0].get("forward_mb_per_row"),
                 "rss_curve_mb": None})
     s = cfg.sample
@@ -355,7 +398,7 @@ def _child(setting_json: str) -> dict:
     out["denoise_steps_per_s"] = b * s.num_steps / out["rollout_s"]
     out["trained_steps_per_s"] = b * t_steps * cfg.train.inner_epochs / out["update_s"]
     if spec.get("floor"):
-        out.update(_floor(cfg, out["forward_mb_per_row"]))
+        out.update(_floor(cfg, out["forward_mb_per_row"], device))
         out["overhead"] = out["epoch_s"] / (out["rollout_floor_s"] + out["update_floor_s"])
     if spec.get("reference"):
         pairs = [r["epoch_seconds"] / sec for r, (sec, _) in zip(rows, ref_epochs)]
@@ -462,11 +505,15 @@ def window_ratio(update_s: list[list[float]]) -> dict:
 
 
 def _memory_child(setting_json: str) -> dict:
-    """RSS at epoch 0, after the warm-up and every 20 epochs over a long run (memory must stay flat)."""
+    """RSS (and, on CUDA, the memory allocated on the device) at epoch 0, after the warm-up and every 20
+    epochs over a long run (memory must stay flat)."""
+    import torch
+
     from .train.loop import train
 
     spec, cfg = _child_run(setting_json)
-    curve = []
+    device = bench_device()
+    curve, gpu_curve = [], []
 
     def rss_mb() -> float:
         with open("/proc/self/statm") as f:
@@ -475,11 +522,14 @@ def _memory_child(setting_json: str) -> dict:
     def sample(row):
         if row.get("epoch", 0) % 20 == 0 or row.get("epoch") == MEMORY_WARMUP_EPOCHS:
             curve.append((row["epoch"], rss_mb()))
+            if device.type == "cuda":
+                gpu_curve.append((row["epoch"], torch.cuda.memory_allocated(device) / 2**20))
 
     after_each_row(sample)
     with tempfile.TemporaryDirectory() as d:
         train(cfg, Path(d) / "run", log=lambda *_: None)
-    return {"name": spec["name"], "rss_curve_mb": curve, "peak_rss_mb": _peak_rss_mb()}
+    return {"name": spec["name"], "rss_curve_mb": curve, "peak_rss_mb": _peak_rss_mb(),
+            "gpu_curve_mb": gpu_curve or None, "peak_gpu_mb": _peak_gpu_mb(device)}
 
 
 # ---- the parent ------------------------------------------------------------------------------------
@@ -543,12 +593,19 @@ def _fit_exponent(xs, ys) -> float:
 
 
 def run_bench(out: Path, *, epochs: int = 6, quick: bool = False, overrides: list[str] | None = None,
-              log=print) -> dict:
+              settings: list[str] | None = None, log=print) -> dict:
     """All measurements (see the module docstring) into ``out/bench.json``, drawn in ``out/bench.png``
     (:func:`grpo_guard.bench_figure.fig_bench`); returns the results.
-    ``overrides`` (``KEY=VALUE`` config overrides) apply to every measured run, after the settings'."""
+    ``overrides`` (``KEY=VALUE`` config overrides) apply to every measured run, after the settings'.
+    ``quick``: toy-mlp-8px and a 40-epoch memory run only. ``settings``: only these settings' main
+    measurements (floor, in situ, paired reference), none of the sweeps, the SDE window or the memory run
+    (for a short time on a GPU); unknown names raise ``ValueError``."""
     out = Path(out)
-    names = list(SETTINGS) if not quick else ["toy-mlp-8px"]
+    unknown = sorted(set(settings or []) - set(SETTINGS))
+    if unknown:
+        raise ValueError(f"settings: unknown {', '.join(unknown)} (known: {', '.join(SETTINGS)})")
+    names = list(settings) if settings else ["toy-mlp-8px"] if quick else list(SETTINGS)
+    extras = not quick and not settings  # the sweeps and the SDE window, on settings of their own
     tiny, prompts = prepare_out(out, names)
 
     def spec(name, config, setting_overrides, **kw):
@@ -561,7 +618,9 @@ def run_bench(out: Path, *, epochs: int = 6, quick: bool = False, overrides: lis
                  "memory": None, "sde_window": None}
     import torch
 
-    res["machine"]["torch"] = torch.__version__
+    device = bench_device()
+    res["machine"].update({"torch": torch.__version__, "device": device.type if device.type != "cuda"
+                           else torch.cuda.get_device_name(device)})
     for name in names:
         config, ov = SETTINGS[name]
         n_epochs = epochs * EPOCH_FACTOR.get(name, 1)
@@ -573,7 +632,7 @@ def run_bench(out: Path, *, epochs: int = 6, quick: bool = False, overrides: lis
                                           "ours_over_reference_pairs", "max_loss_diff")})
         r["paired_epoch_s"] = float(np.median(paired["epoch_s_all"][1:]))
         res["settings"].append(r)
-    if not quick:
+    if extras:
         base_cfg, base_ov = SETTINGS["toy-sd3-32px"]
         axes = {"group_size": ("sample.group_size", [4, 8, 16]), "num_steps": ("sample.num_steps", [5, 10, 20]),
                 "resolution": (None, [16, 32, 64])}
@@ -608,10 +667,12 @@ def run_bench(out: Path, *, epochs: int = 6, quick: bool = False, overrides: lis
                                     for name, extra in variants])
         res["sde_window"] = {**window_ratio([[r["update_seconds"] for r in full], [r["update_seconds"] for r in half]]),
                              "trained_steps": [9, 4], "steps_ratio": 4 / 9, "epochs": WINDOW_EPOCHS}
-    mem_epochs = 40 if quick else 200
-    log(f"[bench] memory over {mem_epochs} epochs")
-    mem_cfg, mem_ov = SETTINGS["toy-mlp-8px"]
-    res["memory"] = _run_child(_with_epochs(spec(f"memory-{mem_epochs}", mem_cfg, mem_ov), mem_epochs), kind="memory")
+    if not settings:
+        mem_epochs = 40 if quick else 200
+        log(f"[bench] memory over {mem_epochs} epochs")
+        mem_cfg, mem_ov = SETTINGS["toy-mlp-8px"]
+        res["memory"] = _run_child(_with_epochs(spec(f"memory-{mem_epochs}", mem_cfg, mem_ov), mem_epochs),
+                                   kind="memory")
     res["targets"] = [{"target": t, "measured": fig, "met": ok} for t, fig, ok in targets(res)]
     from .train.runlog import atomic_write_text
 
@@ -662,13 +723,16 @@ def targets(res: dict) -> list[tuple[str, str, bool]]:
             out.append((f"{r['name']}: epoch <= {REFERENCE_TARGET} x reference loop, identical losses",
                         f"{r['ours_over_reference']:.2f}, max loss diff {r['max_loss_diff']:.1e}",
                         r["ours_over_reference"] <= REFERENCE_TARGET and r["max_loss_diff"] <= 1e-5))
-    if res.get("memory"):
-        curve = res["memory"]["rss_curve_mb"]
+    for what, key in (("memory", "rss_curve_mb"), ("GPU memory", "gpu_curve_mb")):
+        curve = (res.get("memory") or {}).get(key)
+        if not curve:  # no memory run, or (GPU) a run on the CPU
+            continue
         e_last, last = curve[-1]
         e_base, base = next(((e, m) for e, m in curve[:-1] if e == MEMORY_WARMUP_EPOCHS), curve[0])
         growth = max(m for e, m in curve if e >= e_base) - base
-        out.append((f"memory flat over epochs {e_base}-{e_last}",
-                    f"RSS {curve[0][1]:.0f} MB at epoch 0, {base:.0f} at {e_base} -> {last:.0f} at {e_last} "
+        label = "RSS" if key == "rss_curve_mb" else "allocated"
+        out.append((f"{what} flat over epochs {e_base}-{e_last}",
+                    f"{label} {curve[0][1]:.0f} MB at epoch 0, {base:.0f} at {e_base} -> {last:.0f} at {e_last} "
                     f"(max {max(m for _, m in curve):.0f})", growth <= max(0.02 * base, 10.0)))
     if res.get("scaling", {}).get("group_size"):
         sc = res["scaling"]["group_size"]
@@ -683,7 +747,9 @@ def targets(res: dict) -> list[tuple[str, str, bool]]:
 
 
 def format_table(res: dict) -> str:
-    lines = ["| setting | epoch s | rollout s | update s | images/s | trained steps/s | floor s | overhead | "
+    devices = sorted({r.get("device", "cpu") for r in res["settings"]})
+    lines = [f"device: {', '.join(devices)}", "",
+             "| setting | epoch s | rollout s | update s | images/s | trained steps/s | floor s | overhead | "
              "network s (in situ) | in-situ overhead | reference s | ours / reference | max loss diff | peak RSS MB |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["settings"]:
@@ -693,7 +759,8 @@ def format_table(res: dict) -> str:
                      f"{r.get('overhead', math.nan):.2f} | {r['network_s']:.3f} | {r['insitu_overhead']:.2f} | "
                      f"{r.get('ref_epoch_s', math.nan):.3f} | "
                      f"{r.get('ours_over_reference', math.nan):.2f} | {r.get('max_loss_diff', math.nan):.1e} | "
-                     f"{r['peak_rss_mb']:.0f} |")
+                     f"{r['peak_rss_mb']:.0f}" + (f" (GPU {r['peak_gpu_mb']:.0f})" if r.get("peak_gpu_mb") else "")
+                     + " |")
     for axis, sc in res.get("scaling", {}).items():
         pts = ", ".join(f"{p['value']}: {p['epoch_s']:.2f} s / {p['peak_rss_mb']:.0f} MB" for p in sc["points"])
         lines.append(f"\nscaling with {axis}: {pts}; time exponent {sc['time_exponent']:.2f}, "
@@ -712,9 +779,10 @@ def format_table(res: dict) -> str:
         lines.append(f"\nSDE window [0, 5) vs all steps: update time x{w['update_ratio']:.2f} for trained steps "
                      f"x{w['steps_ratio']:.2f}" + (f" (median of {len(ratios)} epochs in turns: "
                                                    + ", ".join(f"{x:.2f}" for x in ratios) + ")" if ratios else ""))
-    if res.get("memory"):
-        c = res["memory"]["rss_curve_mb"]
-        lines.append(f"\nRSS over {res['memory']['name'].split('-')[1]} epochs (epoch: MB): " + ", ".join(f"{e}: {mb:.0f}" for e, mb in c))
+    for label, key in (("RSS", "rss_curve_mb"), ("GPU memory allocated", "gpu_curve_mb")):
+        if (res.get("memory") or {}).get(key):
+            lines.append(f"\n{label} over {res['memory']['name'].split('-')[1]} epochs (epoch: MB): "
+                         + ", ".join(f"{e}: {mb:.0f}" for e, mb in res["memory"][key]))
     lines.append("\n| target | measured | met |\n|---|---|---|")
     lines += [f"| {t} | {fig} | {'yes' if ok else 'NO'} |" for t, fig, ok in targets(res)]
     return "\n".join(lines)

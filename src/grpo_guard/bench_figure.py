@@ -14,7 +14,8 @@
    reference;
 6. resident memory over the memory run's epochs.
 
-A panel whose measurement the run did not make (``--quick`` makes no scaling and no SDE window) says so.
+A panel whose measurement the run did not make (``--quick`` and ``--settings`` make no scaling and no SDE
+window, ``--settings`` no memory run) says so.
 ``python -m grpo_guard.bench_figure OUT/bench.json [PNG]`` redraws it from a saved ``bench.json``.
 """
 
@@ -75,7 +76,7 @@ def _reference_panel(ax, settings: list[dict]) -> None:
 
 def _window_panel(ax, window: dict | None) -> None:
     if not window:
-        _note(ax, "SDE window not measured (--quick)")
+        _note(ax, "SDE window not measured (--quick or --settings)")
         return
     ratios = window.get("update_ratio_epochs") or [window["update_ratio"]]
     epochs = np.arange(2, len(ratios) + 2)  # epoch 1 (warm-up) is dropped
@@ -92,7 +93,7 @@ def _window_panel(ax, window: dict | None) -> None:
 
 def _scaling_panel(ax, scaling: dict, key: str, exponent: str, ylabel: str, title: str) -> None:
     if not scaling:
-        _note(ax, "scaling not measured (--quick)")
+        _note(ax, "scaling not measured (--quick or --settings)")
         return
     lo = np.inf
     for axis, sc in scaling.items():

@@ -239,8 +239,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     try:
         res = run_bench(Path(args.out), epochs=args.epochs, quick=args.quick, overrides=args.set,
+                        settings=[n.strip() for n in args.settings.split(",") if n.strip()] if args.settings else None,
                         log=lambda msg: print(msg, file=sys.stderr, flush=True))
-    except BenchError as e:
+    except (BenchError, ValueError) as e:
         raise UsageError(str(e)) from None
     print(format_table(res))
     print(f"wrote {Path(args.out) / 'bench.json'} and {Path(args.out) / 'bench.png'}")
@@ -374,6 +375,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="epochs per measurement (default 6; the first is warm-up, the median of the rest is "
                         "reported; toy-mlp-8px, whose epochs take 0.2 s, runs 5 times as many)")
     p.add_argument("--quick", action="store_true", help="one small setting only (a smoke test)")
+    p.add_argument("--settings", default=None, metavar="NAME[,NAME...]",
+                   help="measure only these settings (floor, in situ, paired reference loop), without the sweeps, "
+                        "the SDE window and the memory run; e.g. sd3-tiny-64px,sd3-tiny-128px for a short GPU "
+                        "session (an unknown name is refused with the list of known ones)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a config override applied to every measured run (e.g. cache_dir=/tmp/cache); repeatable")
     p.set_defaults(func=_cmd_bench)
