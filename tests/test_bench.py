@@ -91,6 +91,39 @@ def test_bench_of_chosen_settings_only(tmp_path):
     assert r.stdout.startswith("device: cpu") and "[bench] memory" not in r.stderr
 
 
+@pytest.mark.slow
+def test_bench_under_bf16_autocast(tmp_path):
+    """With ``train.mixed_precision=bf16`` the floor and the reference loop run under the same autocast as
+    ``train()`` (the reference reproduces epoch 0's loss), and only epoch 0 is compared: the two trainings
+    drift apart in half precision."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-m", "grpo_guard", "bench", "--out", str(tmp_path / "b"), "--settings",
+                        "toy-mlp-8px", "--epochs", "2", "--set", f"cache_dir={tmp_path / 'cache'}",
+                        "--set", "train.mixed_precision=bf16"], capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (s,) = json.loads((tmp_path / "b" / "bench.json").read_text())["settings"]
+    assert s["mixed_precision"] == "bf16" and s["loss_epochs_compared"] == 1
+    assert s["max_loss_diff"] == pytest.approx(abs(s["losses"][0] - s["ref_losses"][0]))
+    assert s["max_loss_diff"] <= s["loss_tolerance"] == pytest.approx(max(0.01 * abs(s["losses"][0]), 1e-5))
+    assert "(epoch 0 only: bf16)" in r.stdout
+
+
+def test_loss_agreement_compares_every_epoch_in_float32_and_epoch_0_in_half_precision():
+    from grpo_guard.bench import LOSS_TOLERANCE, _loss_agreement
+
+    ours, ref = [0.5, 0.2, 0.3], [0.5 + 1e-7, 0.2 - 3e-7, 0.1]
+    assert _loss_agreement(ours, ref, "no") == {"max_loss_diff": pytest.approx(0.2), "loss_epochs_compared": 3,
+                                                "loss_tolerance": LOSS_TOLERANCE}
+    half = _loss_agreement(ours, ref, "bf16")
+    assert half == {"max_loss_diff": pytest.approx(1e-7), "loss_epochs_compared": 1, "loss_tolerance": 0.005}
+    res = _res(loss_diff=half["max_loss_diff"])
+    res["settings"][0].update({**half, "epochs": 3, "mixed_precision": "bf16"})
+    (fig, ok), = [(f, ok) for t, f, ok in targets(res) if "reference" in t]
+    assert ok and fig.endswith("(epoch 0 only: bf16)")
+    res["settings"][0]["max_loss_diff"] = 0.006  # beyond 1% of epoch 0's loss
+    assert not [ok for t, _, ok in targets(res) if "reference" in t][0]
+
+
 def test_unknown_setting_is_refused_before_anything_runs(tmp_path):
     r = subprocess.run([sys.executable, "-m", "grpo_guard", "bench", "--out", str(tmp_path / "b"), "--settings",
                         "toy-mlp-8px,sd3-huge"], capture_output=True, text=True, timeout=120)
