@@ -142,8 +142,9 @@ def fig_bench(res: dict, path: str | Path) -> Path:
     machine = res.get("machine", {})
     longer = ", ".join(f"{r['name']}: {r['epochs']}" for r in settings if r.get("epochs", res.get("epochs"))
                        != res.get("epochs"))
-    fig.suptitle(f"grpo-guard bench, {res.get('date', '')}: {machine.get('cores', '?')} cores, torch "
-                 f"{machine.get('torch', '?')}, {res.get('epochs', '?')} epochs per measurement"
+    fig.suptitle(f"grpo-guard bench, {res.get('date', '')}: {machine.get('cores', '?')} cores, "
+                 f"{machine.get('device', 'cpu')}, torch {machine.get('torch', '?')}, {res.get('epochs', '?')} "
+                 "epochs per measurement"
                  + (f" ({longer})" if longer else ""), fontsize=11)
     return _save(fig, path)
 
