@@ -368,8 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Runs the benchmark settings (toy worlds, tiny SD3 at 64 and 128 px) in "
                                    "subprocesses and prints epoch time, throughput, the floor (the network calls "
                                    "alone), overhead, a Flow-GRPO-style reference loop, scaling, memory over 200 "
-                                   "epochs and the SDE window; writes OUT/bench.json and a figure, OUT/bench.png. Run it "
-                                   "alone on the machine.")
+                                   "epochs and the SDE window; writes OUT/bench.json and a figure, OUT/bench.png. "
+                                   "It measures on the device training uses (CUDA when torch sees one, else the "
+                                   "CPU). Run it alone on the machine.")
     p.add_argument("--out", default="runs/bench", help="output directory (default runs/bench)")
     p.add_argument("--epochs", type=int, default=6,
                    help="epochs per measurement (default 6; the first is warm-up, the median of the rest is "
