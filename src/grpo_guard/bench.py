@@ -135,9 +135,8 @@ def _autocast(device, mixed_precision: str):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
-def _timeit(fn, repeat: int = 5, device=None) -> float:
+def _timeit(fn, *, device, repeat: int = 5) -> float:
     """Median seconds of ``repeat`` calls of ``fn`` (the work queued on ``device`` included)."""
-    device = device or bench_device()
     times = []
     for _ in range(repeat):
         _sync(device)
