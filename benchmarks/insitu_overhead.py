@@ -13,7 +13,8 @@ bench does (one reference epoch after each of ours). The tiny-SD3 settings keep 
 from __future__ import annotations
 
 from _common import setting_parser
-from grpo_guard.bench import _run_child, setting_spec
+from grpo_guard.bench import setting_spec
+from grpo_guard.bench.measure import _run_child
 
 
 def main() -> None:

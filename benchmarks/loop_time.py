@@ -26,23 +26,23 @@ import torch
 from _common import setting_config, setting_parser
 from grpo_guard.backbones import base
 from grpo_guard.bench import after_each_row
-from grpo_guard.train import loop, rollout, runlog, update
+from grpo_guard.train import context, epoch, loop, rollout, runlog, update
 
 #: (label, module, attribute, parent label or None): the parts timed, where the loop looks them up
 PARTS = [
-    ("per-sample noise", loop, "per_sample_noise", None),
+    ("per-sample noise", epoch, "per_sample_noise", None),
     ("mode switches (train / eval)", base.Backbone, "train", None),
-    ("rollout()", loop, "rollout", None),
+    ("rollout()", epoch, "rollout", None),
     ("sde_step", rollout, "sde_step", "rollout()"),
     ("log-probs", rollout, "gaussian_log_prob", "rollout()"),
     ("checks", rollout, "check_finite", "rollout()"),
-    ("advantages", loop, "group_advantages", None),
-    ("update_policy()", loop, "update_policy", None),
+    ("advantages", epoch, "group_advantages", None),
+    ("update_policy()", epoch, "update_policy", None),
     ("entry loss (gathers, SDE step, loss)", update, "_entry_loss", "update_policy()"),
     ("policy_loss", update, "policy_loss", "update_policy()"),
     ("sde_step", update, "sde_step", "update_policy()"),
     ("gradient clip", update, "clip_grad_norm_", "update_policy()"),
-    ("per-step ratio diagnostics", loop, "per_step_ratio_stats", None),
+    ("per-step ratio diagnostics", epoch, "per_step_ratio_stats", None),
     ("metrics row written", runlog.MetricsLog, "append", None),
 ]
 NETWORK = ["network: rollout calls and decode (no grad)", "network: training forward and prompt encoding",
@@ -87,7 +87,7 @@ def main() -> None:
         labels[key] = parent
         setattr(owner, attr, timed(key, getattr(owner, attr)))
     reward_keys = []
-    real_build_reward, real_build_backbone = loop.build_reward, loop.build_backbone
+    real_build_reward, real_build_backbone = context.build_reward, context.build_backbone
 
     def build_reward(name, *args, **kwargs):
         reward_keys.append(f"reward {name}")
@@ -98,7 +98,7 @@ def main() -> None:
         bb.forward, bb.decode, bb.encode_prompts = network(bb.forward), network(bb.decode), network(bb.encode_prompts)
         return bb
 
-    loop.build_reward, loop.build_backbone = build_reward, build_backbone
+    context.build_reward, context.build_backbone = build_reward, build_backbone
     torch.autograd.backward = network(real_backward)
 
     def row_written(row):

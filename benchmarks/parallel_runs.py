@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-from grpo_guard.bench import _COMMON, SETTINGS
+from grpo_guard.bench.settings import _COMMON, SETTINGS
 
 
 def _start(config: str, overrides: list[str], threads: int, name: str) -> subprocess.Popen:

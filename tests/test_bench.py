@@ -109,7 +109,8 @@ def test_bench_under_bf16_autocast(tmp_path):
 
 
 def test_loss_agreement_compares_every_epoch_in_float32_and_epoch_0_in_half_precision():
-    from grpo_guard.bench import LOSS_TOLERANCE, _loss_agreement
+    from grpo_guard.bench import LOSS_TOLERANCE
+    from grpo_guard.bench.measure import _loss_agreement
 
     ours, ref = [0.5, 0.2, 0.3], [0.5 + 1e-7, 0.2 - 3e-7, 0.1]
     assert _loss_agreement(ours, ref, "no") == {"max_loss_diff": pytest.approx(0.2), "loss_epochs_compared": 3,
@@ -138,7 +139,7 @@ def test_clocks_wait_for_cuda_and_not_for_the_cpu(monkeypatch):
     nothing syncs. (No GPU here: ``torch.cuda.synchronize`` is replaced by a recorder.)"""
     import torch
 
-    from grpo_guard import bench
+    from grpo_guard.bench import measure as bench
 
     events = []
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: events.append("sync"))
@@ -209,7 +210,7 @@ def _mlp_spec(name, tmp_path, epochs, extra=()):
 def test_runs_in_turns_never_overlap(tmp_path):
     """Two real runs in child processes take turns epoch by epoch: each writes all its rows, and every
     epoch of one run starts after the other run's previous epoch ended (the SDE-window measurement)."""
-    from grpo_guard.bench import _run_in_turns
+    from grpo_guard.bench.measure import _run_in_turns
 
     a, b = _run_in_turns([_mlp_spec("a", tmp_path, 2), _mlp_spec("b", tmp_path, 2, ["sample.sde_window=[0, 5]"])])
     assert [r["epoch"] for r in a] == [r["epoch"] for r in b] == [0, 1]
@@ -221,7 +222,8 @@ def test_runs_in_turns_never_overlap(tmp_path):
 
 
 def test_a_failing_run_in_turns_names_its_setting(tmp_path):
-    from grpo_guard.bench import BenchError, _run_in_turns
+    from grpo_guard.bench import BenchError
+    from grpo_guard.bench.measure import _run_in_turns
 
     with pytest.raises(BenchError, match="bench: broken failed: .*no_such_key"):
         _run_in_turns([_mlp_spec("broken", tmp_path, 2, ["train.no_such_key=1"]), _mlp_spec("fine", tmp_path, 2)])
@@ -272,7 +274,7 @@ def _full_res():
 def test_bench_figure_draws_full_and_quick_results(tmp_path, quick):
     from PIL import Image
 
-    from grpo_guard.bench_figure import fig_bench
+    from grpo_guard.bench.figure import fig_bench
 
     res = _full_res()
     if quick:  # --quick measures no scaling and no SDE window, and may pair no reference loop
@@ -286,7 +288,7 @@ def test_bench_figure_draws_full_and_quick_results(tmp_path, quick):
 
 
 def test_bench_figure_redraws_from_json_and_refuses_a_bad_file(tmp_path, capsys):
-    from grpo_guard.bench_figure import main
+    from grpo_guard.bench.figure import main
 
     (tmp_path / "bench.json").write_text(json.dumps(_full_res()))
     assert main([str(tmp_path / "bench.json")]) == 0

@@ -84,7 +84,7 @@ def _one_line(e: pytest.ExceptionInfo) -> str:
 
 
 def test_registry_names_resolve():
-    from grpo_guard.rewards.base import resolve
+    from grpo_guard.registry import resolve
 
     for name in NEW:
         assert name in REWARDS

@@ -7,6 +7,7 @@ import torch
 from grpo_guard.backbones import Conditioning
 from grpo_guard.core import flow_sigmas, sde_step
 from grpo_guard.train.rollout import rollout
+from grpo_guard.train.schedule import StepSchedule
 
 COND = Conditioning(embeds=torch.zeros(4, 1, 2))
 
@@ -15,8 +16,8 @@ def _run(velocity_fn, sigmas=None, noise=None, sde_type="flow_grpo", sde_steps=r
          reduction="mean"):
     sigmas = flow_sigmas(5, 3.0) if sigmas is None else sigmas
     noise = torch.randn(4, 6, 3, generator=torch.Generator().manual_seed(0)) if noise is None else noise
-    return rollout(velocity_fn, COND, noise, sigmas, list(trained), sde_steps=sde_steps, noise_level=0.7,
-                   batch_size=3, sde_type=sde_type, reduction=reduction)
+    schedule = StepSchedule(sigmas, list(trained), list(sde_steps), 0.7, sde_type)
+    return rollout(velocity_fn, COND, noise, schedule, batch_size=3, reduction=reduction)
 
 
 @pytest.mark.parametrize("sde_type", ["flow_grpo", "dance_grpo"])

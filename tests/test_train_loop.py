@@ -207,19 +207,17 @@ def test_forward_chunks_cover_every_entry_once_within_the_bound():
 
 
 @pytest.mark.parametrize("sde_type", ["flow_grpo", "dance_grpo"])
-def test_update_step_coefficients_are_the_per_row_values_bit_for_bit(sde_type):
-    """The update gathers each row's SDE coefficients from the schedule's table, computed once; they
-    must be exactly what sde_step computes per row from the row's sigmas (the on-policy ratio is then
-    exactly 1, as the preflight checks)."""
+def test_schedule_step_coefficients_are_the_per_row_values_bit_for_bit(sde_type):
+    """The update gathers each row's SDE coefficients from the schedule's table, computed once and shared
+    with the rollout; they must be exactly what sde_step computes per row from the row's sigmas (the
+    on-policy ratio is then exactly 1, as the preflight checks)."""
     import torch
 
-    from grpo_guard.config import LossConfig
     from grpo_guard.core import flow_sigmas, sde_coefficients
-    from grpo_guard.train.update import UpdateSettings
+    from grpo_guard.train.schedule import StepSchedule
 
     sigmas = flow_sigmas(10, 3.0)
-    s = UpdateSettings(sigmas=sigmas, noise_level=0.7, sde_type=sde_type, guidance_scale=1.0, loss=LossConfig(),
-                       updates_per_epoch=1, inner_epochs=1, max_grad_norm=1.0, preflight_tol=None)
+    s = StepSchedule(sigmas, list(range(9)), list(range(10)), 0.7, sde_type)
     ks = torch.tensor([0, 3, 3, 9, 5, 0])
     state = torch.zeros(6, 4)
     got = s.step_coefficients(ks, state)
@@ -232,6 +230,9 @@ def test_update_step_coefficients_are_the_per_row_values_bit_for_bit(sde_type):
     got64 = s.step_coefficients(ks, state.double())
     want64 = sde_coefficients(sigmas.double()[ks], sigmas.double()[ks + 1], 0.7, sde_type)
     assert all(g.dtype == torch.float64 and torch.equal(g, w) for g, w in zip(got64, want64))
+    # an ODE step outside the SDE window has noise level 0: the Euler step's coefficients
+    ode = StepSchedule(sigmas, [2], [2, 3], 0.7, sde_type).step_coefficients(torch.tensor([0, 2]), state[:2])
+    assert ode.std[0] == 0 and ode.c_x[0] == 1 and ode.std[1] > 0
 
 
 @pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3, float("nan")])

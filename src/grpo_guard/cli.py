@@ -9,10 +9,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-
-
-class UsageError(Exception):
-    """A problem with the user's input: printed as one line, exit code 2."""
+from .errors import UsageError
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -89,7 +86,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"grpo-guard train: {e}", file=sys.stderr)
         return 1
     if os.environ.get("RANK", "0") == "0":
-        print(f"run finished: {run_dir} (metrics.jsonl, images/, checkpoints/, best/)")
+        print(f"run finished: {run_dir} (summary.json, metrics.jsonl, images/, checkpoints/, best/)")
     return 0
 
 

@@ -331,12 +331,16 @@ def _read_yaml(name_or_path: str, seen: tuple[str, ...] = ()) -> dict:
         raise ConfigError(f"config: {path} is not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config: {path} must hold a mapping at the top level")
-    parent = data.pop("inherit", None)
-    if parent is not None:
+    parents = data.pop("inherit", None)
+    if parents is None:
+        return data
+    # one parent, or a list merged in order (a later one overrides an earlier one; this file overrides all)
+    merged: dict = {}
+    for parent in parents if isinstance(parents, list) else [parents]:
         if str(parent) in seen:
             raise ConfigError(f"inherit: cycle through {parent!r}")
-        data = _deep_merge(_read_yaml(str(parent), seen + (str(parent),)), data)
-    return data
+        merged = _deep_merge(merged, _read_yaml(str(parent), seen + (str(parent),)))
+    return _deep_merge(merged, data)
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:

@@ -41,10 +41,10 @@ class RunJob:
 
 def _epochs_done(run_dir: Path) -> int:
     """Distinct epochs in ``run_dir``'s metrics (0 without a metrics file; torn lines ignored)."""
-    from .report.runs import _read_metrics
+    from .train.runlog import MetricsLog
 
-    path = run_dir / "metrics.jsonl"
-    return sum(isinstance(r.get("epoch"), int) for r in _read_metrics(path)[0]) if path.is_file() else 0
+    rows = MetricsLog(run_dir / "metrics.jsonl").rows()
+    return len({r["epoch"] for r in rows if isinstance(r, dict) and isinstance(r.get("epoch"), int)})
 
 
 def is_complete(run_dir: Path, epochs: int) -> bool:

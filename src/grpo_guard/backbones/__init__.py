@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from ..rewards.base import resolve
+from ..registry import resolve
 from .base import Backbone, Conditioning
 
 #: backbone name -> "module:constructor"; constructor(params: dict, ctx: BackboneContext) -> Backbone

@@ -3,7 +3,7 @@
 A backbone is an ``nn.Module`` wrapping a flow-matching velocity network (toy net, SD3, Flux) with
 its frozen text encoder(s) and decoder. The trainer only calls the methods below, so the same
 training loop serves every model. Adding a backbone = one new file + one line in
-``grpo_guard.backbones.REGISTRY``.
+``grpo_guard.backbones.BACKBONES``.
 
 Conventions: latents follow the flow-matching convention of :mod:`grpo_guard.core` (sigma = t from
 1 = noise to 0 = data); ``sigma`` arguments are (B,) float tensors; images are float32 in [0, 1],

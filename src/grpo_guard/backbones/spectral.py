@@ -22,13 +22,10 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from ..world.spectral import NUM_CLASSES, SpectralWorld, make_spectral_world, modes_to_image
+from ..world.spectral import DECODE_SCALE, NUM_CLASSES, SpectralWorld, make_spectral_world, modes_to_image
 from .base import Backbone, Conditioning
 
 __all__ = ["SpectralBackbone", "make_spectral_backbone", "DECODE_SCALE"]
-
-#: decoded image = 0.5 + image / DECODE_SCALE
-DECODE_SCALE = 8.0
 
 
 class SpectralBackbone(Backbone):

@@ -1,6 +1,7 @@
 """Rewards and evaluators. Add one: write its file, add one line to the registry below."""
 
-from .base import Evaluator, Reward, RewardContext, resolve, weighted_sum
+from ..registry import resolve
+from .base import Evaluator, Reward, RewardContext, weighted_sum
 
 #: reward name -> "module:constructor"; constructor(params: dict, ctx: RewardContext) -> Reward
 REWARDS: dict[str, str] = {

@@ -10,15 +10,14 @@ model (= 1, higher is better) and averaged.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
-__all__ = ["RewardContext", "Reward", "Evaluator", "resolve", "weighted_sum"]
+__all__ = ["RewardContext", "Reward", "Evaluator", "weighted_sum"]
 
 
 @dataclass
@@ -44,24 +43,6 @@ class Evaluator(Protocol):
     higher_is_better: dict[str, bool]
 
     def __call__(self, images: Tensor, prompts: list[str]) -> dict[str, float]: ...
-
-
-def resolve(registry: dict[str, str], name: str, kind: str) -> Any:
-    """Import the constructor registered as ``"module:attr"`` under ``name``.
-
-    ``name`` may also be a ``"module:attr"`` path itself, so that a user's own backbone or reward
-    can be named in a config without editing the registry."""
-    target = registry.get(name)
-    if target is None and ":" in name:
-        target = name
-    if target is None:
-        raise ValueError(f"{kind}: unknown name {name!r}; available: {', '.join(sorted(registry))} "
-                         f"(or a 'module:function' path)")
-    module, attr = target.split(":", 1)
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"{kind}: cannot import {target!r} ({e})") from None
 
 
 def weighted_sum(values: dict[str, Tensor], weights: dict[str, float]) -> Tensor:

@@ -42,11 +42,6 @@ def require(module: str, reward: str, install: str) -> Any:
                                 f"{_first_line(e)}); reinstall it beside this torch: pip install {install}") from None
 
 
-def _batches(n: int, size: int):
-    for i in range(0, n, size):
-        yield slice(i, min(i + size, n))
-
-
 # ----------------------------------------------------------------------------------------------
 # OCR
 

@@ -35,6 +35,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable
 
+from ..errors import UsageError
+
 __all__ = ["serve_reward", "make_reward_server", "RewardHTTPServer", "add_serve_reward_parser",
            "DEFAULT_TOKEN_ENV", "DEFAULT_MAX_REQUEST_BYTES", "DEFAULT_MAX_BATCH", "is_loopback"]
 
@@ -528,7 +530,6 @@ def serve_reward(name: str, params: dict, host: str = "127.0.0.1", port: int = 0
 def _parse_params(items: list[str]) -> dict:
     import yaml
 
-    from ..cli import UsageError
 
     params: dict = {}
     for item in items:
@@ -569,7 +570,6 @@ def add_serve_reward_parser(subparsers) -> Any:
 
 
 def _cmd_serve_reward(args) -> int:
-    from ..cli import UsageError
 
     env_name = args.token_env or DEFAULT_TOKEN_ENV
     if not env_name.strip():

@@ -36,9 +36,8 @@ class _SpectralReader:
         self.dct = dct_matrix(self.world.n).float()
 
     def modes_labels(self, images: Tensor, prompts: list[str]) -> tuple[Tensor, Tensor]:
-        from ..backbones.spectral import DECODE_SCALE
         from ..world.data import labels_from_prompts
-        from ..world.spectral import image_to_modes
+        from ..world.spectral import DECODE_SCALE, image_to_modes
 
         n = self.world.n
         if images.ndim != 4 or tuple(images.shape[1:]) != (1, n, n):

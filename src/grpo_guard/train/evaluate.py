@@ -19,6 +19,7 @@ from ..core._checks import all_finite
 from ..image_stats import image_stats
 from ..rewards import weighted_sum
 from .rollout import per_sample_noise, rollout
+from .schedule import StepSchedule
 
 __all__ = ["evaluate_policy", "normalise_gold", "EvaluationRewardError"]
 
@@ -40,13 +41,11 @@ def evaluate_policy(backbone, cfg: RunConfig, all_prompts: list[str], rewards: d
     local = list(range(rank, len(eval_prompts), world))
     if world > 1:  # equal shares, padded with copies: every process makes the same model calls (sharded
         local += [local[0]] * (math.ceil(len(eval_prompts) / world) - len(local))  # weights need it)
-    sigmas = backbone.sigmas(s.num_steps, s.shift)
-    sde_steps = list(range(*s.sde_window)) if s.sde_window else list(range(s.num_steps))
+    schedule = StepSchedule.from_config(s, backbone.sigmas(s.num_steps, s.shift), [])
     cond = backbone.encode_unique_prompts([eval_prompts[i] for i in local])
     noise = per_sample_noise(cfg.seed, "eval", 0, local, s.num_steps + 1, backbone.latent_shape)
     velocity = lambda x, sig, c: backbone(x, sig, c, s.guidance_scale)  # noqa: E731
-    traj = rollout(velocity, cond, noise, sigmas, [], sde_steps=sde_steps, noise_level=s.noise_level,
-                   sde_type=s.sde_type, batch_size=s.batch_size, device=device)
+    traj = rollout(velocity, cond, noise, schedule, batch_size=s.batch_size, device=device)
     images = backbone.decode(traj.final).float()
     if world > 1:  # gather, put back in sample order (the first copy of each sample)
         idx = torch.tensor(local, device=images.device)

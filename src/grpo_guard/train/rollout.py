@@ -13,10 +13,10 @@ import torch
 from torch import Tensor
 
 from ..backbones.base import Conditioning
-from ..core import SDECoefficients, gaussian_log_prob, sde_coefficients, sde_step
-from ..core.sde import _compute_dtype
+from ..core import SDECoefficients, gaussian_log_prob, sde_step
 from ..core._checks import all_finite, check_finite
 from ..seeding import derive_generator
+from .schedule import StepSchedule
 
 __all__ = ["Trajectory", "per_sample_noise", "rollout"]
 
@@ -58,12 +58,8 @@ def rollout(
     velocity_fn: Callable[[Tensor, Tensor, Conditioning], Tensor],
     cond: Conditioning,
     noise: Tensor,
-    sigmas: Tensor,
-    trained_steps: Sequence[int],
+    schedule: StepSchedule,
     *,
-    sde_steps: Sequence[int],
-    noise_level: float,
-    sde_type: str = "flow_grpo",
     reduction: str = "mean",
     batch_size: int = 32,
     device: torch.device | str = "cpu",
@@ -75,40 +71,28 @@ def rollout(
         velocity_fn: ``(latents (b, *L), sigma (b,), cond) -> velocity``, CFG included (the backbone).
         cond: conditioning of the B samples.
         noise: (B, K + 1, *L) unit noise: index 0 is the initial latent, index k + 1 the noise of step k.
-        sigmas: (K + 1,) schedule.
-        trained_steps: schedule indices whose transitions are stored (a subset of ``sde_steps``).
-        sde_steps: schedule indices sampled stochastically; the others take the ODE (Euler) step.
+        schedule: the (K + 1,) sigmas, which steps are stochastic and which are trained (and stored).
+        reduction: ``"mean"`` or ``"sum"`` over the latent dimensions for the stored log-probs.
         batch_size: samples per velocity call.
     """
-    num_steps = sigmas.shape[0] - 1
-    bsz = noise.shape[0]
-    trained = {k: j for j, k in enumerate(trained_steps)}
-    t_count = len(trained_steps)
-    if len(trained) != t_count:
-        raise ValueError(f"trained_steps: contains a step twice ({list(trained_steps)})")
-    sde_set = set(sde_steps)
-    if not set(trained) <= sde_set:
-        raise ValueError("trained_steps: every trained step must be stochastic (in sde_steps)")
     # validate once what the step checks would re-validate at every step (one device sync each)
     check_finite("noise", noise)
-    check_finite("sigmas", sigmas)
-    if not bool(((sigmas[:-1] <= 1) & (sigmas[:-1] > 0) & (sigmas[1:] >= 0) & (sigmas[1:] < sigmas[:-1])).all()):
-        raise ValueError("sigmas: must decrease strictly from a value in (0, 1] to a value >= 0")
+    schedule.validate()
+    bsz, num_steps = noise.shape[0], schedule.num_steps
+    trained = {k: j for j, k in enumerate(schedule.trained_steps)}
     x = noise[:, 0].to(device)
-    lat_shape = tuple(x.shape[1:])
     # the stored tensors are kept per step (the states are the steps' own outputs, not copies) and stacked
     # once after the loop, and the log-probs of all trained transitions are computed then in one call:
     # the step loop runs only the network call and the step's mean and sample (fewer operations between
     # the network calls, which is where the small worlds spend their loop time)
     stored: dict[int, tuple[Tensor, Tensor, Tensor]] = {}  # trained position j -> (x_k, x_{k+1}, mean)
-    # the whole schedule's step coefficients at once (elementwise: the same values per-sample calls give),
-    # and each batch's conditioning once: the step loop then runs only the per-step tensor work
-    levels = [noise_level if k in sde_set else 0.0 for k in range(num_steps)]
-    sig = sigmas.to(device=device, dtype=_compute_dtype(x.dtype))
-    table = sde_coefficients(sig[:-1], sig[1:], torch.tensor(levels, dtype=sig.dtype, device=device), sde_type)
+    # the whole schedule's step coefficients, made once, and each batch's conditioning once: the step loop
+    # then runs only the per-step tensor work
+    levels = schedule.levels()
+    table = schedule.coefficient_table(device, x.dtype)
     step_coefs = [SDECoefficients(*c) for c in zip(*(t.unbind(0) for t in table))]
     # each step's (B,) sigma and (B, *L) noise as views made once, not per step
-    step_sigmas = sigmas.to(device)[:, None].expand(-1, bsz).unbind(0)
+    step_sigmas = schedule.sigmas.to(device)[:, None].expand(-1, bsz).unbind(0)
     step_noise = noise.unbind(1)  # moved to the device one step at a time
     batches = [(slice(i, i + batch_size), cond.index(slice(i, i + batch_size))) for i in range(0, bsz, batch_size)]
     for k in range(num_steps):
@@ -119,32 +103,39 @@ def rollout(
             v = torch.cat([velocity_fn(x[sl], sigma[sl], c) for sl, c in batches])
         a = levels[k]
         out = sde_step(v, x, sigma, step_sigmas[k + 1], a, noise=step_noise[k + 1].to(device) if a > 0 else None,
-                       sde_type=sde_type, reduction=reduction, check_inputs=False, coefficients=step_coefs[k],
-                       with_log_prob=False)
+                       sde_type=schedule.sde_type, reduction=reduction, check_inputs=False,
+                       coefficients=step_coefs[k], with_log_prob=False)
         if k in trained:
             stored[trained[k]] = (x, out.next_state, out.mean)
         x = out.next_state
         if on_step is not None:
             on_step(k)
-    store = torch.get_default_dtype()  # the stored tensors' dtype (the steps compute in at least float32)
-    step_indices = torch.tensor(list(trained_steps), dtype=torch.long)
-    if stored:
-        x_k, nxt, mean = (list(t) for t in zip(*(stored[j] for j in range(t_count))))
-        nxt, mean = torch.stack(nxt, dim=1), torch.stack(mean, dim=1)
-        # (B * T) rows, sample-major as stored, each with its step's std: the values the steps would give
-        std_rows = table.std[step_indices.to(device)].repeat(bsz)
-        log_probs = gaussian_log_prob(nxt.flatten(0, 1), mean.flatten(0, 1), std_rows,
-                                      reduction).view(bsz, t_count).to(store)
-        latents = torch.stack([t.to(store) for t in x_k], dim=1)
-        next_latents, means = nxt.to(store), mean.to(store)
-    else:
-        latents = next_latents = means = torch.empty((bsz, 0, *lat_shape), device=device)
-        log_probs = torch.empty((bsz, 0), device=device)
+    traj = _stack_trajectory(stored, x, schedule, table.std, reduction)
     # the model's output is the only input of the steps not checked above. A NaN or Inf velocity at any
     # step reaches the final state (every step is x * c_x + v * c_v + std * eps with c_x > 0, c_v = dt != 0),
     # so one check of the final state replaces a check (and a device sync) per step
     if not all_finite(x):
-        bad = [int(k) for k, j in sorted(trained.items()) if not all_finite(next_latents[:, j])]
+        bad = [int(k) for k, j in sorted(trained.items()) if not all_finite(traj.next_latents[:, j])]
         where = f" (first seen in the state after schedule step {bad[0]})" if bad else ""
         raise ValueError(f"velocity: contains NaN or Inf{where}")
-    return Trajectory(latents, next_latents, log_probs, means, x, step_indices)
+    return traj
+
+
+def _stack_trajectory(stored: dict[int, tuple[Tensor, Tensor, Tensor]], final: Tensor, schedule: StepSchedule,
+                      step_std: Tensor, reduction: str) -> Trajectory:
+    """The :class:`Trajectory` of the trained transitions ``stored`` (trained position -> (x_k, x_{k+1},
+    mean), each (B, *L)), with all their log-probs in one call; ``step_std`` (K,) is each step's std."""
+    bsz, lat_shape, device = final.shape[0], tuple(final.shape[1:]), final.device
+    t_count = len(schedule.trained_steps)
+    store = torch.get_default_dtype()  # the stored tensors' dtype (the steps compute in at least float32)
+    step_indices = torch.tensor(list(schedule.trained_steps), dtype=torch.long)
+    if not stored:
+        empty = torch.empty((bsz, 0, *lat_shape), device=device)
+        return Trajectory(empty, empty, torch.empty((bsz, 0), device=device), empty, final, step_indices)
+    x_k, nxt, mean = (list(t) for t in zip(*(stored[j] for j in range(t_count))))
+    nxt, mean = torch.stack(nxt, dim=1), torch.stack(mean, dim=1)
+    # (B * T) rows, sample-major as stored, each with its step's std: the values the steps would give
+    std_rows = step_std[step_indices.to(device)].repeat(bsz)
+    log_probs = gaussian_log_prob(nxt.flatten(0, 1), mean.flatten(0, 1), std_rows, reduction).view(bsz, t_count)
+    latents = torch.stack([t.to(store) for t in x_k], dim=1)
+    return Trajectory(latents, nxt.to(store), log_probs.to(store), mean.to(store), final, step_indices)

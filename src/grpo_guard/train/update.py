@@ -28,15 +28,15 @@ from torch import Tensor
 
 from ..backbones.base import Backbone, Conditioning
 from ..config import LossConfig, TrainConfig
-from ..core import SDECoefficients, grad_norm, policy_loss, sde_coefficients, sde_step
-from ..core.sde import _compute_dtype
+from ..core import SDECoefficients, grad_norm, policy_loss, sde_step
 from ..sharding import any_sharded, full_tensor
 from .faults import fault_point
 from .forward_memory import count_saved_bytes, rows_for_budget
 from .rollout import Trajectory
+from .schedule import StepSchedule
 
 __all__ = ["PreflightError", "clip_grad_norm_", "UpdateSettings", "UpdateResult", "update_policy",
-           "measure_step_grad_norms",
+           "measure_step_grad_norms", "StepBatch", "gather_step_batch", "step_batch_loss",
            "forward_chunks", "step_chunks", "row_bound", "build_optimizer"]
 
 PREFLIGHT_HELP = (
@@ -99,9 +99,9 @@ class PreflightError(RuntimeError):
 
 @dataclass
 class UpdateSettings:
-    sigmas: Tensor  # (K + 1,)
-    noise_level: float
-    sde_type: str
+    """What one epoch's update needs besides the tensors (built from the run config by the recipe)."""
+
+    schedule: StepSchedule  # the sigmas and the SDE, shared with the rollout
     guidance_scale: float
     loss: LossConfig
     updates_per_epoch: int
@@ -111,19 +111,6 @@ class UpdateSettings:
     max_forward_rows: int = 0  # rows per training forward call (samples x steps x CFG); 0: one step per call
     max_forward_mb: float = 0.0  # saved activations per training call, MiB (0: no memory bound)
     forward_bytes_per_row: float | None = None  # measured by an earlier update (None: measure on the first call)
-    _coefficient_table: SDECoefficients | None = field(default=None, init=False, repr=False, compare=False)
-
-    def step_coefficients(self, ks: Tensor, state: Tensor) -> SDECoefficients:
-        """The :func:`~grpo_guard.core.sde_coefficients` of schedule steps ``ks`` (one row each) on the
-        device and in the compute dtype of ``state``, as :func:`~grpo_guard.core.sde_step` computes them:
-        gathered from the schedule's table, computed once (elementwise, so each row is bit for bit what
-        a per-row computation gives, as in the rollout)."""
-        dtype, table = _compute_dtype(state.dtype), self._coefficient_table
-        if table is None or table.c_x.device != state.device or table.c_x.dtype != dtype:
-            sig = self.sigmas.to(device=state.device, dtype=dtype)
-            table = self._coefficient_table = sde_coefficients(sig[:-1], sig[1:], self.noise_level, self.sde_type)
-        ks = ks.to(state.device)
-        return SDECoefficients(*(t.index_select(0, ks) for t in table))
 
 
 @dataclass
@@ -195,50 +182,88 @@ def row_bound(max_rows: int, max_mb: float, bytes_per_row: float | None) -> int:
     return min(bounds) if bounds else 0
 
 
-def _entry_loss(
-    velocity_fn: Callable[[Tensor, Tensor, Conditioning], Tensor],
-    traj: Trajectory,
-    idx: Tensor,
-    js: int | Sequence[int],
-    cond: Conditioning,
-    advantages: Tensor,
-    s: UpdateSettings,
-    reference_fn: Callable[[Tensor, Tensor, Conditioning], Tensor] | None,
-):
-    """Loss of trained step(s) ``js`` (schedule indices traj.step_indices[j]) for local samples ``idx``,
-    in one forward call: the mean over the (step, sample) entries, rows ordered step-major."""
-    js = [js] if isinstance(js, int) else list(js)
+@dataclass
+class StepBatch:
+    """N (sample, step) entries of a rollout, gathered for one training forward call (rows step-major).
+
+    Attributes:
+        state: (N, *L) the stored state x_k of each entry.
+        next_state: (N, *L) the stored sampled next state x_{k+1}.
+        sigma, sigma_next: (N,) each entry's step.
+        coefficients: the entries' rows of the schedule's SDE coefficients.
+        cond: the entries' conditioning.
+        old_log_prob: (N,) the rollout's log-prob of each transition.
+        old_mean: (N, *L) the rollout's mean of each transition (RatioNorm's mu_old).
+        advantage: (N,) each entry's sample advantage.
+    """
+
+    state: Tensor
+    next_state: Tensor
+    sigma: Tensor
+    sigma_next: Tensor
+    coefficients: SDECoefficients
+    cond: Conditioning
+    old_log_prob: Tensor
+    old_mean: Tensor
+    advantage: Tensor
+
+
+def gather_step_batch(traj: Trajectory, idx: Tensor, js: Sequence[int], cond: Conditioning, advantages: Tensor,
+                      schedule: StepSchedule) -> StepBatch:
+    """The entries of trained positions ``js`` (schedule indices ``traj.step_indices[j]``) for local samples
+    ``idx`` ((n,) long), rows step-major: ``len(js) * n`` rows. ``cond`` and ``advantages`` ((B,)) are the
+    local batch's."""
     n = idx.numel()
     # every (step, sample) entry as a row of the stored (B * T, ...) tensors, rows step-major: (len(js), n) ->
     # rows; one index_select per stored tensor (a plain row gather, several times cheaper than indexing)
-    jt = torch.tensor(js, dtype=torch.long, device=idx.device)
+    jt = torch.tensor(list(js), dtype=torch.long, device=idx.device)
     rows = (idx[None, :] * traj.step_indices.numel() + jt[:, None]).flatten().to(traj.latents.device)
     x = traj.latents.flatten(0, 1).index_select(0, rows)
-    nxt = traj.next_latents.flatten(0, 1).index_select(0, rows)
-    ks = traj.step_indices.to(s.sigmas.device)[jt].repeat_interleave(n)
-    sig, sig_next = s.sigmas[ks].to(x.device), s.sigmas[ks + 1].to(x.device)
-    coefs = s.step_coefficients(ks, x)
-    c = cond.index(idx if len(js) == 1 else idx.repeat(len(js)))
-    v = velocity_fn(x, sig, c)
+    sigmas = schedule.sigmas
+    ks = traj.step_indices.to(sigmas.device)[jt].repeat_interleave(n)
+    return StepBatch(
+        state=x, next_state=traj.next_latents.flatten(0, 1).index_select(0, rows),
+        sigma=sigmas[ks].to(x.device), sigma_next=sigmas[ks + 1].to(x.device),
+        coefficients=schedule.step_coefficients(ks, x),
+        cond=cond.index(idx if len(js) == 1 else idx.repeat(len(js))),
+        old_log_prob=traj.log_probs.flatten().index_select(0, rows),
+        old_mean=traj.means.flatten(0, 1).index_select(0, rows),
+        advantage=advantages.index_select(0, idx.to(advantages.device)).repeat(len(js)))
+
+
+def step_batch_loss(velocity_fn: Callable[[Tensor, Tensor, Conditioning], Tensor], batch: StepBatch,
+                    schedule: StepSchedule, loss: LossConfig,
+                    reference_fn: Callable[[Tensor, Tensor, Conditioning], Tensor] | None = None):
+    """:func:`grpo_guard.policy_loss` of a :class:`StepBatch`: the current velocity at the stored states,
+    the stored next states re-scored with :func:`grpo_guard.sde_step`; returns ``(loss, stats)``, the loss
+    the mean over the batch's entries. ``reference_fn``: the frozen model's velocity, for the KL."""
+    b = batch
+    v = velocity_fn(b.state, b.sigma, b.cond)
     # no input checks in the hot path: the tensors come from the rollout, and a NaN / Inf velocity must
     # reach the loss so that the update is skipped (update_policy), not raise
-    cur = sde_step(v, x, sig, sig_next, s.noise_level, next_state=nxt, sde_type=s.sde_type,
-                   reduction=s.loss.reduction, check_inputs=False, coefficients=coefs)
+    step = dict(next_state=b.next_state, sde_type=schedule.sde_type, reduction=loss.reduction, check_inputs=False,
+                coefficients=b.coefficients)
+    cur = sde_step(v, b.state, b.sigma, b.sigma_next, schedule.noise_level, **step)
     ref_mean = None
-    if s.loss.kl_coef > 0:
+    if loss.kl_coef > 0:
         with torch.no_grad():
-            v_ref = reference_fn(x, sig, c)
-            ref_mean = sde_step(v_ref, x, sig, sig_next, s.noise_level, next_state=nxt, sde_type=s.sde_type,
-                                reduction=s.loss.reduction, check_inputs=False, coefficients=coefs).mean
+            v_ref = reference_fn(b.state, b.sigma, b.cond)
+            ref_mean = sde_step(v_ref, b.state, b.sigma, b.sigma_next, schedule.noise_level, **step).mean
     return policy_loss(
-        cur.log_prob, traj.log_probs.flatten().index_select(0, rows),
-        advantages.index_select(0, idx.to(advantages.device)).repeat(len(js)),
-        mean=cur.mean, old_mean=traj.means.flatten(0, 1).index_select(0, rows), std=cur.std, dt=sig_next - sig,
-        sigma=sig, sigma_t=cur.sigma_t,
-        ref_mean=ref_mean, ratio_mode=s.loss.ratio_mode, step_weight=s.loss.step_weight,
-        clip_range=s.loss.clip_range, kl_coef=s.loss.kl_coef, reduction=s.loss.reduction,
-        official_compat=s.loss.official_compat, check_inputs=False,
+        cur.log_prob, b.old_log_prob, b.advantage, mean=cur.mean, old_mean=b.old_mean, std=cur.std,
+        dt=b.sigma_next - b.sigma, sigma=b.sigma, sigma_t=cur.sigma_t, ref_mean=ref_mean,
+        ratio_mode=loss.ratio_mode, step_weight=loss.step_weight, clip_range=loss.clip_range,
+        kl_coef=loss.kl_coef, reduction=loss.reduction, official_compat=loss.official_compat, check_inputs=False,
     )
+
+
+def _entry_loss(velocity_fn, traj: Trajectory, idx: Tensor, js: int | Sequence[int], cond: Conditioning,
+                advantages: Tensor, s: UpdateSettings, reference_fn):
+    """Loss of trained step(s) ``js`` for local samples ``idx``, in one forward call: the mean over the
+    (step, sample) entries."""
+    js = [js] if isinstance(js, int) else list(js)
+    batch = gather_step_batch(traj, idx, js, cond, advantages, s.schedule)
+    return step_batch_loss(velocity_fn, batch, s.schedule, s.loss, reference_fn)
 
 
 def update_policy(
@@ -267,83 +292,118 @@ def update_policy(
         after_step: called after every optimizer step (EMA update).
     """
     s = settings
-    velocity_fn, reference_fn = _velocity_fns(model, backbone, s)
     trainable = [p for group in optimizer.param_groups for p in group["params"]]  # what the steps update
     plain = _plain_optimizer(optimizer, accelerator, trainable)
-    stepper = plain if plain is not None else optimizer
-    t_count = traj.step_indices.numel()
+    stats = _EpochStats()
     result = UpdateResult()
-    sums: dict[str, float] = defaultdict(float)
-    count = 0
-    entries: dict[str, list[Tensor]] = defaultdict(list)
     first = True
-    cfg_copies = 1 if s.guidance_scale == 1 else 2
-    bytes_per_row = s.forward_bytes_per_row
     for inner in range(s.inner_epochs):
-        for m, idx in enumerate(minibatch_positions(local_orders[inner], s.updates_per_epoch)):
-            off_policy = not first
-            n = idx.numel()
-            # official_compat's ratio terms are batch means that assume one step of the minibatch per call
-            bound = 0 if s.loss.official_compat else row_bound(s.max_forward_rows, s.max_forward_mb, bytes_per_row)
-            chunks = forward_chunks(idx, t_count, cfg_copies, bound)
-            for ci, (sub, js) in enumerate(chunks):
-                sync = nullcontext() if ci == len(chunks) - 1 else accelerator.no_sync(model)
-                weight = len(js) * sub.numel()  # (sample, step) entries in this call
-                measure = s.max_forward_mb > 0 and bytes_per_row is None  # the run's first training call
-                with sync:
-                    with (count_saved_bytes([*backbone.parameters(), *backbone.buffers()]) if measure
-                          else nullcontext()) as saved, accelerator.autocast():
-                        loss, st = _entry_loss(velocity_fn, traj, sub, js, cond, advantages, s, reference_fn)
-                    if measure:  # the same bound on every process (sharded calls must match)
-                        per_row = torch.tensor([saved.bytes / (weight * cfg_copies)], device=accelerator.device)
-                        if accelerator.num_processes > 1:
-                            per_row = accelerator.reduce(per_row, reduction="max")
-                        bytes_per_row = result.forward_bytes_per_row = float(per_row)
-                    if first and s.preflight_tol is not None:
-                        val, cur = float(st["log_ratio"].abs().max()), result.preflight_max_abs_log_ratio
-                        # NaN must survive the max (Python's max would drop it)
-                        result.preflight_max_abs_log_ratio = (val if cur is None or math.isnan(val) or val > cur
-                                                              else cur)
-                    accelerator.backward(loss * (weight / (t_count * n)))
-                for key, val in zip(_SCALARS, torch.stack([st[key] for key in _SCALARS]).tolist()):  # one sync
-                    sums[key] += val * weight
-                count += weight
-                if off_policy:
-                    entries["step_pos"].append(torch.tensor(js).repeat_interleave(sub.numel()))
-                    entries["advantage"].append(advantages[sub].detach().float().cpu().repeat(len(js)))
-                    for key in ("log_ratio", "log_ratio_used", "bias"):
-                        entries[key].append(st[key].float().cpu())
-            if first and s.preflight_tol is not None:
-                worst = torch.tensor([result.preflight_max_abs_log_ratio], device=accelerator.device)
-                worst = float(accelerator.reduce(worst, reduction="max") if accelerator.num_processes > 1 else worst)
-                if not math.isfinite(worst):  # a non-finite loss: skipped below, the preflight waits
-                    result.preflight_max_abs_log_ratio = None
-                else:
-                    result.preflight_max_abs_log_ratio = worst
-                    if not worst <= s.preflight_tol:
-                        optimizer.zero_grad(set_to_none=True)
-                        raise PreflightError(PREFLIGHT_HELP.format(value=worst, tol=s.preflight_tol))
-            if plain is not None:
-                total = float(clip_grad_norm_(trainable, s.max_grad_norm))
-            else:
-                # a DTensor when the weights are sharded
-                total = float(full_tensor(accelerator.clip_grad_norm_(trainable, s.max_grad_norm)))
-            result.grad_norm_total.append(total)
-            result.num_updates += 1
-            if math.isfinite(total):
-                stepper.step()
-            else:  # NaN / Inf in the loss or the gradients: drop this update, keep the weights
-                result.skipped_updates += 1
-            stepper.zero_grad(set_to_none=True)
-            fault_point("update")
-            if after_step is not None and math.isfinite(total):
-                after_step()
+        for idx in minibatch_positions(local_orders[inner], s.updates_per_epoch):
+            preflight = first and s.preflight_tol is not None
+            worst = _minibatch_gradients(model, backbone, accelerator, traj, cond, advantages, idx, s, result, stats,
+                                         off_policy=not first, preflight=preflight)
+            if preflight:
+                _check_preflight(worst, accelerator, s.preflight_tol, optimizer, result)
+            _optimizer_step(optimizer, plain, accelerator, trainable, s.max_grad_norm, result, after_step)
             if on_minibatch is not None:
                 on_minibatch()
             first = False
-    result.scalars = {k: v / max(count, 1) for k, v in sums.items()}
-    result.entries = {k: torch.cat(v) for k, v in entries.items()}
+    result.scalars = {k: v / max(stats.count, 1) for k, v in stats.sums.items()}
+    result.entries = {k: torch.cat(v) for k, v in stats.entries.items()}
     return result
+
+
+@dataclass
+class _EpochStats:
+    """The loss statistics of an epoch's update, weighted by (sample, step) entries, and the per-entry
+    tensors of the off-policy minibatches."""
+
+    sums: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    count: int = 0
+    entries: dict[str, list[Tensor]] = field(default_factory=lambda: defaultdict(list))
+
+    def add(self, st: dict[str, Tensor], weight: int, off_policy: bool, sub: Tensor, js: Sequence[int],
+            advantages: Tensor) -> None:
+        for key, val in zip(_SCALARS, torch.stack([st[key] for key in _SCALARS]).tolist()):  # one sync
+            self.sums[key] += val * weight
+        self.count += weight
+        if off_policy:
+            self.entries["step_pos"].append(torch.tensor(js).repeat_interleave(sub.numel()))
+            self.entries["advantage"].append(advantages[sub].detach().float().cpu().repeat(len(js)))
+            for key in ("log_ratio", "log_ratio_used", "bias"):
+                self.entries[key].append(st[key].float().cpu())
+
+
+def _minibatch_gradients(model, backbone: Backbone, accelerator, traj: Trajectory, cond: Conditioning,
+                         advantages: Tensor, idx: Tensor, s: UpdateSettings, result: UpdateResult,
+                         stats: _EpochStats, *, off_policy: bool, preflight: bool) -> float | None:
+    """Accumulate the gradients of one minibatch ``idx`` (local positions) over its forward calls; returns
+    the largest |log ratio| seen when ``preflight`` (NaN kept), else None. Measures the saved activations
+    per row on the run's first training call (``max_forward_mb``)."""
+    velocity_fn, reference_fn = _velocity_fns(model, backbone, s)
+    t_count, n = traj.step_indices.numel(), idx.numel()
+    cfg_copies = 1 if s.guidance_scale == 1 else 2
+    bytes_per_row = s.forward_bytes_per_row if result.forward_bytes_per_row is None else result.forward_bytes_per_row
+    # official_compat's ratio terms are batch means that assume one step of the minibatch per call
+    bound = 0 if s.loss.official_compat else row_bound(s.max_forward_rows, s.max_forward_mb, bytes_per_row)
+    chunks = forward_chunks(idx, t_count, cfg_copies, bound)
+    worst = None
+    for ci, (sub, js) in enumerate(chunks):
+        sync = nullcontext() if ci == len(chunks) - 1 else accelerator.no_sync(model)
+        weight = len(js) * sub.numel()  # (sample, step) entries in this call
+        measure = s.max_forward_mb > 0 and bytes_per_row is None  # the run's first training call
+        with sync:
+            with (count_saved_bytes([*backbone.parameters(), *backbone.buffers()]) if measure
+                  else nullcontext()) as saved, accelerator.autocast():
+                loss, st = _entry_loss(velocity_fn, traj, sub, js, cond, advantages, s, reference_fn)
+            if measure:  # the same bound on every process (sharded calls must match)
+                per_row = torch.tensor([saved.bytes / (weight * cfg_copies)], device=accelerator.device)
+                if accelerator.num_processes > 1:
+                    per_row = accelerator.reduce(per_row, reduction="max")
+                bytes_per_row = result.forward_bytes_per_row = float(per_row)
+            if preflight:
+                val = float(st["log_ratio"].abs().max())
+                # NaN must survive the max (Python's max would drop it)
+                worst = val if worst is None or math.isnan(val) or val > worst else worst
+            accelerator.backward(loss * (weight / (t_count * n)))
+        stats.add(st, weight, off_policy, sub, js, advantages)
+    return worst
+
+
+def _check_preflight(worst: float | None, accelerator, tol: float, optimizer, result: UpdateResult) -> None:
+    """The on-policy check of the first minibatch, over all processes: raise :class:`PreflightError` when
+    the largest |log ratio| exceeds ``tol``. A non-finite one (a NaN loss, whose update is skipped) leaves
+    the preflight to the next epoch (``result.preflight_max_abs_log_ratio`` None)."""
+    w = torch.tensor([worst], device=accelerator.device)
+    w = float(accelerator.reduce(w, reduction="max") if accelerator.num_processes > 1 else w)
+    if not math.isfinite(w):
+        result.preflight_max_abs_log_ratio = None
+        return
+    result.preflight_max_abs_log_ratio = w
+    if not w <= tol:
+        optimizer.zero_grad(set_to_none=True)
+        raise PreflightError(PREFLIGHT_HELP.format(value=w, tol=tol))
+
+
+def _optimizer_step(optimizer, plain, accelerator, trainable: list[Tensor], max_grad_norm: float,
+                    result: UpdateResult, after_step: Callable[[], None] | None) -> None:
+    """Clip the accumulated gradients and step, or skip the update when their norm is not finite (NaN / Inf
+    in the loss or the gradients: the weights are kept); clear the gradients."""
+    if plain is not None:
+        total = float(clip_grad_norm_(trainable, max_grad_norm))
+    else:
+        total = float(full_tensor(accelerator.clip_grad_norm_(trainable, max_grad_norm)))  # a DTensor if sharded
+    stepper = plain if plain is not None else optimizer
+    result.grad_norm_total.append(total)
+    result.num_updates += 1
+    if math.isfinite(total):
+        stepper.step()
+    else:
+        result.skipped_updates += 1
+    stepper.zero_grad(set_to_none=True)
+    fault_point("update")
+    if after_step is not None and math.isfinite(total):
+        after_step()
 
 
 def measure_step_grad_norms(

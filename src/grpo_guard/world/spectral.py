@@ -30,7 +30,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["SpectralWorld", "make_spectral_world", "dct_matrix", "modes_to_image", "image_to_modes"]
+__all__ = ["SpectralWorld", "make_spectral_world", "dct_matrix", "modes_to_image", "image_to_modes", "DECODE_SCALE"]
+
+#: the spectral world's images: decoded image = 0.5 + image / DECODE_SCALE (the backbone decodes its modes so,
+#: the rewards read the images back so)
+DECODE_SCALE = 8.0
 
 NUM_CLASSES = 10
 NUM_ROUTE_MODES = 16

@@ -16,7 +16,7 @@
 
 A panel whose measurement the run did not make (``--quick`` and ``--settings`` make no scaling and no SDE
 window, ``--settings`` no memory run) says so.
-``python -m grpo_guard.bench_figure OUT/bench.json [PNG]`` redraws it from a saved ``bench.json``.
+``python -m grpo_guard.bench.figure OUT/bench.json [PNG]`` redraws it from a saved ``bench.json``.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.ticker import FormatStrFormatter
 
-from .bench import OVERHEAD_TARGET, REFERENCE_TARGET, WINDOW_TOLERANCE
-from .report.figures import _new_figure, _note, _save
+from ..report.figures import _new_figure, _note, _save
+from .settings import OVERHEAD_TARGET, REFERENCE_TARGET, WINDOW_TOLERANCE
 
 __all__ = ["fig_bench"]
 
@@ -152,7 +152,7 @@ def fig_bench(res: dict, path: str | Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not 1 <= len(argv) <= 2:
-        print("usage: python -m grpo_guard.bench_figure OUT/bench.json [PNG]", file=sys.stderr)
+        print("usage: python -m grpo_guard.bench.figure OUT/bench.json [PNG]", file=sys.stderr)
         return 2
     src = Path(argv[0])
     try:

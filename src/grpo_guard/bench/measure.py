@@ -1,4 +1,4 @@
-"""``grpo-guard bench``: speed and memory of the training loop against the model's own compute (the
+"""The measurements of ``grpo-guard bench``: speed and memory of the training loop against the model's own compute (the
 floor) and against a reference-style loop, plus scaling, the training-forward row and memory bounds,
 memory over many epochs and the SDE window.
 
@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import resource
 import subprocess
@@ -52,46 +51,16 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SETTINGS", "BenchError", "run_bench", "make_spec", "setting_spec", "prepare_out", "format_table", "targets",
-           "wrap_network", "after_each_row"]
+from .settings import (EPOCH_FACTOR, LOSS_TOLERANCE, MEMORY_WARMUP_EPOCHS, PROMPTS, SETTINGS, BenchError,
+                       format_table, make_spec, prepare_out, targets)
+
+__all__ = ["run_bench", "wrap_network", "after_each_row", "bench_device", "forward_memory_sweep", "window_ratio",
+           "FORWARD_MB", "CHILDREN"]
 
 
-class BenchError(RuntimeError):
-    """A measurement's subprocess failed; the message names the setting and its last error line."""
 
-_COMMON = ["eval.every=0", "train.grad_norm_every=0", "log.image_every=0", "log.progress=false",
-           "monitor.enabled=false"]
 
-#: the settings whose main measurements (floor and in-situ child, paired child) run this many times the bench's
-#: epochs: the MLP world's epochs take about 0.2 s, and the median of five moved between 1.08 and 1.13 from
-#: run to run (in-situ overhead), where 60-epoch runs of the same code agree within 0.005
-EPOCH_FACTOR: dict[str, int] = {"toy-mlp-8px": 5}
 
-#: name -> (config, overrides); ``{tiny_sd3}`` is replaced by a saved tiny SD3 pipeline directory. The toy
-#: settings keep the toy configs' memory bound on the training forward (1 GiB of saved activations: a
-#: whole minibatch per call in both); the tiny SD3 settings bound it at 128 rows instead: on this CPU,
-#: 512-row calls of the diffusers transformer ran slower per row than 32- to 128-row ones (the row sweep
-#: below measures it).
-SETTINGS: dict[str, tuple[str, list[str]]] = {
-    "toy-mlp-8px": ("grpo_guard", ["backbone.params={net: mlp, resolution: 8, layout: pixels, pretrain_steps: 300}",
-                                   "sample.prompts_per_epoch=8", "sample.group_size=8"]),
-    "toy-sd3-32px": ("grpo_guard", ["backbone.params={net: sd3, resolution: 32, layout: latent16, pretrain_steps: 1000, "
-                                    "generator: {batch_size: 64}}", "sample.prompts_per_epoch=4",
-                                    "sample.group_size=8", "train.inner_epochs=2"]),
-    "sd3-tiny-64px": ("grpo_guard", ["backbone={name: sd3, params: {pretrained: '{tiny_sd3}', resolution: 64, "
-                                     "lora_rank: 8, lora_alpha: 16}}", "sample.guidance_scale=4.5",
-                                     "prompts={source: file, path: '{prompts}'}",
-                                     "rewards=[{name: jpeg_compressibility}]", "eval.evaluator=null",
-                                     "sample.prompts_per_epoch=4", "sample.group_size=8",
-                                     "train.max_forward_rows=128", "train.max_forward_mb=0"]),
-    "sd3-tiny-128px": ("grpo_guard", ["backbone={name: sd3, params: {pretrained: '{tiny_sd3}', resolution: 128, "
-                                      "lora_rank: 8, lora_alpha: 16}}", "sample.guidance_scale=4.5",
-                                      "prompts={source: file, path: '{prompts}'}",
-                                      "rewards=[{name: jpeg_compressibility}]", "eval.evaluator=null",
-                                      "sample.prompts_per_epoch=4", "sample.group_size=8",
-                                      "train.max_forward_rows=128", "train.max_forward_mb=0"]),
-}
-PROMPTS = ["a red cube on a table", "two cats on a sofa", "a lighthouse at night", "a bowl of green apples"]
 
 
 # ---- the child: one measurement --------------------------------------------------------------------
@@ -191,16 +160,16 @@ def wrap_network(wrap, after_append=None) -> None:
     ``benchmarks/loop_ops.py`` draw the network's boundary with it."""
     import torch
 
-    from .train import loop
+    from ..train import context
 
-    real_build = loop.build_backbone
+    real_build = context.build_backbone
 
     def build(*a, **k):
         bb = real_build(*a, **k)
         bb.forward, bb.decode, bb.encode_prompts = wrap(bb.forward), wrap(bb.decode), wrap(bb.encode_prompts)
         return bb
 
-    loop.build_backbone = build
+    context.build_backbone = build
     torch.autograd.backward = wrap(torch.autograd.backward)
     if after_append is not None:
         after_each_row(after_append)
@@ -208,7 +177,7 @@ def wrap_network(wrap, after_append=None) -> None:
 
 def after_each_row(callback) -> None:
     """Call ``callback(row)`` in this process after each metrics row that ``train()`` writes."""
-    from .train import runlog
+    from ..train import runlog
 
     real_append = runlog.MetricsLog.append
 
@@ -223,7 +192,7 @@ def _child_run(setting_json: str):
     """A measurement child's ``(spec, config)``, with torch's threads set as the spec says."""
     import torch
 
-    from .config import load_config
+    from ..config import load_config
 
     spec = json.loads(setting_json)
     torch.set_num_threads(spec.get("threads", 2))
@@ -236,8 +205,8 @@ def _floor(cfg, mb_per_row: float | None, device) -> dict:
     row, for ``train.max_forward_mb``)."""
     import torch
 
-    from .backbones import BackboneContext, build_backbone
-    from .train.update import forward_chunks, row_bound
+    from ..backbones import BackboneContext, build_backbone
+    from ..train.update import forward_chunks, row_bound
 
     s, t = cfg.sample, cfg.train
     bb = build_backbone(cfg.backbone.name, cfg.backbone.params,
@@ -295,10 +264,11 @@ class _ReferenceLoop:
     def __init__(self, cfg, device):
         import torch
 
-        from .backbones import BackboneContext, build_backbone
-        from .prompts import load_prompts
-        from .rewards import RewardContext, build_reward
-        from .train.update import build_optimizer
+        from ..backbones import BackboneContext, build_backbone
+        from ..prompts import load_prompts
+        from ..rewards import RewardContext, build_reward
+        from ..train.schedule import StepSchedule
+        from ..train.update import build_optimizer
 
         self.cfg, self.device = cfg, device
         torch.manual_seed(cfg.seed)
@@ -311,19 +281,21 @@ class _ReferenceLoop:
         self.params = self.bb.trainable_parameters()
         self.opt = build_optimizer(self.params, cfg.train)
         self.all_prompts = load_prompts(cfg.prompts.source, cfg.prompts.path)
-        self.sigmas = self.bb.sigmas(cfg.sample.num_steps, cfg.sample.shift).to(device)
-        self.trained = cfg.trained_step_indices()
+        s = cfg.sample
+        self.schedule = StepSchedule(self.bb.sigmas(s.num_steps, s.shift).to(device), cfg.trained_step_indices(),
+                                     list(range(s.num_steps)), s.noise_level, s.sde_type)
 
     def epoch(self, epoch: int) -> tuple[float, float]:
         import torch
 
-        from .core import group_advantages, policy_loss, sde_step
-        from .prompts import draw_epoch_prompts
-        from .rewards import weighted_sum
-        from .seeding import derive_generator
-        from .train.rollout import per_sample_noise, rollout
+        from ..core import group_advantages
+        from ..prompts import draw_epoch_prompts
+        from ..rewards import weighted_sum
+        from ..seeding import derive_generator
+        from ..train.rollout import per_sample_noise, rollout
+        from ..train.update import gather_step_batch, step_batch_loss
 
-        cfg, bb, sigmas, trained, device = self.cfg, self.bb, self.sigmas, self.trained, self.device
+        cfg, bb, schedule, device = self.cfg, self.bb, self.schedule, self.device
         s, t, lo = cfg.sample, cfg.train, cfg.loss
         b = s.prompts_per_epoch * s.group_size
         _sync(device)
@@ -334,39 +306,30 @@ class _ReferenceLoop:
         bb.eval()
         cond = bb.encode_prompts(prompts)
         noise = per_sample_noise(cfg.seed, "rollout", epoch, perm.tolist(), s.num_steps + 1, bb.latent_shape)
+        velocity = lambda x, sg, c: bb(x, sg, c, s.guidance_scale)  # noqa: E731
+
+        def reference(x, sg, c):
+            with bb.reference():
+                return bb(x, sg, c, s.guidance_scale)
+
         with _autocast(device, t.mixed_precision):
-            traj = rollout(lambda x, sg, c: bb(x, sg, c, s.guidance_scale), cond, noise, sigmas, trained,
-                           sde_steps=list(range(s.num_steps)), noise_level=s.noise_level, sde_type=s.sde_type,
-                           reduction=lo.reduction, batch_size=s.batch_size, device=device)
+            traj = rollout(velocity, cond, noise, schedule, reduction=lo.reduction, batch_size=s.batch_size,
+                           device=device)
         images = bb.decode(traj.final).float().cpu()
         vals = {k: self.rewards[k](images, prompts, [{} for _ in prompts]).float() for k in self.proxy_w}
         adv = group_advantages(weighted_sum(vals, self.proxy_w), perm // s.group_size, std_mode=t.adv_std,
                                eps=t.adv_eps, clip_max=t.adv_clip_max).advantages.to(device)
         bb.train()
+        n_steps = len(schedule.trained_steps)
         ep_loss, count = 0.0, 0
         for _ in range(t.inner_epochs):
             for idx in torch.arange(b, device=device).chunk(t.updates_per_epoch):
                 losses = []  # read once per minibatch, as Flow-GRPO logs its per-step statistics
-                for j, k in enumerate(trained):  # one call per trained step, as Flow-GRPO's loop
+                for j in range(n_steps):  # one call and one backward per trained step, as Flow-GRPO's loop
                     with _autocast(device, t.mixed_precision):  # as ours: the forward and the loss
-                        x, c = traj.latents[idx, j], cond.index(idx)
-                        sg = sigmas[k].expand(idx.numel())
-                        out = sde_step(bb(x, sg, c, s.guidance_scale), x, sigmas[k], sigmas[k + 1], s.noise_level,
-                                       next_state=traj.next_latents[idx, j], sde_type=s.sde_type,
-                                       reduction=lo.reduction)
-                        ref_mean = None
-                        if lo.kl_coef > 0:
-                            with torch.no_grad(), bb.reference():
-                                ref_mean = sde_step(bb(x, sg, c, s.guidance_scale), x, sigmas[k], sigmas[k + 1],
-                                                    s.noise_level, next_state=traj.next_latents[idx, j],
-                                                    sde_type=s.sde_type, reduction=lo.reduction).mean
-                        dt = (sigmas[k + 1] - sigmas[k]).expand(idx.numel())
-                        loss, _ = policy_loss(out.log_prob, traj.log_probs[idx, j], adv[idx], mean=out.mean,
-                                              old_mean=traj.means[idx, j], std=out.std, dt=dt, sigma=sg,
-                                              sigma_t=out.sigma_t, ref_mean=ref_mean, ratio_mode=lo.ratio_mode,
-                                              step_weight=lo.step_weight, clip_range=lo.clip_range, kl_coef=lo.kl_coef,
-                                              reduction=lo.reduction)
-                    (loss / len(trained)).backward()
+                        step = gather_step_batch(traj, idx, [j], cond, adv, schedule)
+                        loss, _ = step_batch_loss(velocity, step, schedule, lo, reference)
+                    (loss / n_steps).backward()
                     losses.append(loss.detach())
                 ep_loss += float(torch.stack(losses).double().sum())
                 count += len(losses)
@@ -376,8 +339,6 @@ class _ReferenceLoop:
         return time.perf_counter() - t0, ep_loss / count
 
 
-#: identical losses, ours against the reference-style loop: the largest absolute difference allowed in float32
-LOSS_TOLERANCE = 1e-5
 
 
 def _loss_agreement(ours: list[float], ref: list[float], mixed_precision: str) -> dict:
@@ -395,7 +356,7 @@ def _loss_agreement(ours: list[float], ref: list[float], mixed_precision: str) -
 
 
 def _child(setting_json: str) -> dict:
-    from .train.loop import train
+    from ..train.loop import train
 
     spec, cfg = _child_run(setting_json)
     out: dict = {"name": spec["name"]}
@@ -443,10 +404,6 @@ def _child(setting_json: str) -> dict:
     return out
 
 
-#: the memory run's warm-up: RSS is also sampled at this epoch, and flatness is judged from it on (the
-#: run's first minibatch trains one step per call until the memory bound's bytes per row are measured,
-#: so the allocator reaches its working size during the first epochs, as every timing drops epoch 0)
-MEMORY_WARMUP_EPOCHS = 5
 
 #: epochs of each configuration in the SDE-window measurement (the two runs take turns epoch by epoch)
 WINDOW_EPOCHS = 16
@@ -456,7 +413,7 @@ def _turn_child(setting_json: str) -> dict:
     """One real ``train()`` run that works only in turns given by the parent (:func:`_run_in_turns`): it
     waits for a line on stdin before its set-up and after each metrics row, and prints each row's timings
     as a JSON line (``{"row": ...}``) when the row is written."""
-    from .train.loop import train
+    from ..train.loop import train
 
     spec, cfg = _child_run(setting_json)
     cfg.log.checkpoint_every = 0
@@ -542,7 +499,7 @@ def _memory_child(setting_json: str) -> dict:
     epochs over a long run (memory must stay flat)."""
     import torch
 
-    from .train.loop import train
+    from ..train.loop import train
 
     spec, cfg = _child_run(setting_json)
     device = bench_device()
@@ -588,37 +545,10 @@ def _with_epochs(spec: dict, epochs: int) -> dict:
             + [f"train.epochs={epochs}"]}
 
 
-def make_spec(name: str, config: str, setting_overrides: list[str], *, tiny: Path, prompts: Path, epochs: int,
-              user_overrides: list[str], **kw) -> dict:
-    """One measurement's spec: the setting's overrides with ``{tiny_sd3}`` / ``{prompts}`` filled in, the
-    common bench overrides, the epoch count, then the user's overrides (last, so they win)."""
-    ov = [o.replace("{tiny_sd3}", str(tiny)).replace("{prompts}", str(prompts)) for o in setting_overrides]
-    return {"name": name, "config": config,
-            "overrides": [*ov, *_COMMON, f"train.epochs={epochs}", *user_overrides], **kw}
 
 
-def prepare_out(out: Path, names) -> tuple[Path, Path]:
-    """``out`` with what settings ``names`` need: the tiny SD3 pipeline (saved once) and the prompt file;
-    returns ``(tiny_sd3_dir, prompts_file)``."""
-    from .backbones.tiny_pipelines import save_tiny_pipeline
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    tiny = out / "tiny_sd3"
-    if any("{tiny_sd3}" in " ".join(SETTINGS[n][1]) for n in names) and not (tiny / "model_index.json").is_file():
-        save_tiny_pipeline("sd3", tiny)
-    prompts = out / "prompts.txt"
-    prompts.write_text("\n".join(PROMPTS) + "\n")
-    return tiny, prompts
 
 
-def setting_spec(name: str, out: Path, epochs: int, user_overrides: list[str], **kw) -> dict:
-    """The spec of bench setting ``name`` (see :func:`make_spec`), with ``out`` prepared for it; the
-    ``benchmarks/`` scripts start from it."""
-    tiny, prompts = prepare_out(out, [name])
-    config, ov = SETTINGS[name]
-    return make_spec(name, config, ov, tiny=tiny, prompts=prompts, epochs=epochs, user_overrides=user_overrides,
-                     **kw)
 
 
 def _fit_exponent(xs, ys) -> float:
@@ -628,7 +558,7 @@ def _fit_exponent(xs, ys) -> float:
 def run_bench(out: Path, *, epochs: int = 6, quick: bool = False, overrides: list[str] | None = None,
               settings: list[str] | None = None, log=print) -> dict:
     """All measurements (see the module docstring) into ``out/bench.json``, drawn in ``out/bench.png``
-    (:func:`grpo_guard.bench_figure.fig_bench`); returns the results.
+    (:func:`grpo_guard.bench.figure.fig_bench`); returns the results.
     ``overrides`` (``KEY=VALUE`` config overrides) apply to every measured run, after the settings'.
     ``quick``: toy-mlp-8px and a 40-epoch memory run only. ``settings``: only these settings' main
     measurements (floor, in situ, paired reference), none of the sweeps, the SDE window or the memory run
@@ -708,10 +638,10 @@ def run_bench(out: Path, *, epochs: int = 6, quick: bool = False, overrides: lis
         res["memory"] = _run_child(_with_epochs(spec(f"memory-{mem_epochs}", mem_cfg, mem_ov), mem_epochs),
                                    kind="memory")
     res["targets"] = [{"target": t, "measured": fig, "met": ok} for t, fig, ok in targets(res)]
-    from .train.runlog import atomic_write_text
+    from ..train.runlog import atomic_write_text
 
     atomic_write_text(out / "bench.json", json.dumps(res, indent=1))
-    from .bench_figure import fig_bench
+    from .figure import fig_bench
 
     fig_bench(res, out / "bench.png")  # after the JSON: a failing figure loses no measurement
     return res
@@ -725,7 +655,7 @@ def forward_memory_sweep(spec, budgets=FORWARD_MB, log=print) -> list[dict]:
     """toy-sd3-32px with ``train.max_forward_mb`` at each budget (no row bound): the measured MiB of saved
     activations per row, the rows per call it allows, update seconds and peak RSS. ``spec(name, config,
     overrides)`` makes a measurement's spec (as in :func:`run_bench`)."""
-    from .train.forward_memory import rows_for_budget
+    from ..train.forward_memory import rows_for_budget
 
     config, ov = SETTINGS["toy-sd3-32px"]
     ov = [o for o in ov if not o.startswith("train.max_forward")]
@@ -740,96 +670,5 @@ def forward_memory_sweep(spec, budgets=FORWARD_MB, log=print) -> list[dict]:
     return out
 
 
-#: the issue's targets: in-situ overhead (epoch / the network's time), our epoch over the reference-style
-#: loop's, the SDE window's update-time ratio over its trained-step ratio, and the scaling exponent in
-#: group size (time and memory at most linear, with room for the machine's spread)
-OVERHEAD_TARGET, REFERENCE_TARGET, WINDOW_TOLERANCE, GROUP_EXPONENT_TARGET = 1.10, 0.7, 1.15, 1.1
-
-
-def targets(res: dict) -> list[tuple[str, str, bool]]:
-    """The issue's speed and memory targets against the measured figures: ``(target, figure, met)``."""
-    out = []
-    for r in res["settings"]:
-        if "overhead" in r:
-            out.append((f"{r['name']}: overhead <= {OVERHEAD_TARGET:.2f}", f"isolated floor {r['overhead']:.2f}, "
-                        f"in situ {r['insitu_overhead']:.2f}", r["insitu_overhead"] <= OVERHEAD_TARGET))
-        if "ours_over_reference" in r:
-            out.append((f"{r['name']}: epoch <= {REFERENCE_TARGET} x reference loop, identical losses",
-                        f"{r['ours_over_reference']:.2f}, max loss diff {r['max_loss_diff']:.1e}"
-                        + ("" if r.get("loss_epochs_compared") in (None, r.get("epochs")) else
-                           f" (epoch 0 only: {r.get('mixed_precision')})"),
-                        r["ours_over_reference"] <= REFERENCE_TARGET
-                        and r["max_loss_diff"] <= r.get("loss_tolerance", LOSS_TOLERANCE)))
-    for what, key in (("memory", "rss_curve_mb"), ("GPU memory", "gpu_curve_mb")):
-        curve = (res.get("memory") or {}).get(key)
-        if not curve:  # no memory run, or (GPU) a run on the CPU
-            continue
-        e_last, last = curve[-1]
-        e_base, base = next(((e, m) for e, m in curve[:-1] if e == MEMORY_WARMUP_EPOCHS), curve[0])
-        growth = max(m for e, m in curve if e >= e_base) - base
-        label = "RSS" if key == "rss_curve_mb" else "allocated"
-        out.append((f"{what} flat over epochs {e_base}-{e_last}",
-                    f"{label} {curve[0][1]:.0f} MB at epoch 0, {base:.0f} at {e_base} -> {last:.0f} at {e_last} "
-                    f"(max {max(m for _, m in curve):.0f})", growth <= max(0.02 * base, 10.0)))
-    if res.get("scaling", {}).get("group_size"):
-        sc = res["scaling"]["group_size"]
-        worst = max(sc["time_exponent"], sc["memory_exponent"])
-        out.append(("time and memory at most linear in group size", f"exponents {sc['time_exponent']:.2f} / "
-                    f"{sc['memory_exponent']:.2f}", worst <= GROUP_EXPONENT_TARGET))
-    if res.get("sde_window"):
-        w = res["sde_window"]
-        out.append(("SDE window: update time in proportion to trained steps", f"x{w['update_ratio']:.2f} for "
-                    f"x{w['steps_ratio']:.2f} steps", w["update_ratio"] <= WINDOW_TOLERANCE * w["steps_ratio"]))
-    return out
-
-
-def format_table(res: dict) -> str:
-    devices = sorted({r.get("device", "cpu") for r in res["settings"]})
-    lines = [f"device: {', '.join(devices)}", "",
-             "| setting | epoch s | rollout s | update s | images/s | trained steps/s | floor s | overhead | "
-             "network s (in situ) | in-situ overhead | reference s | ours / reference | max loss diff | peak RSS MB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in res["settings"]:
-        floor = r.get("rollout_floor_s", math.nan) + r.get("update_floor_s", math.nan)
-        lines.append(f"| {r['name']} | {r['epoch_s']:.3f} | {r['rollout_s']:.3f} | {r['update_s']:.3f} | "
-                     f"{r['images_per_s']:.1f} | {r['trained_steps_per_s']:.1f} | {floor:.3f} | "
-                     f"{r.get('overhead', math.nan):.2f} | {r['network_s']:.3f} | {r['insitu_overhead']:.2f} | "
-                     f"{r.get('ref_epoch_s', math.nan):.3f} | "
-                     f"{r.get('ours_over_reference', math.nan):.2f} | {r.get('max_loss_diff', math.nan):.1e} | "
-                     f"{r['peak_rss_mb']:.0f}" + (f" (GPU {r['peak_gpu_mb']:.0f})" if r.get("peak_gpu_mb") else "")
-                     + " |")
-    for axis, sc in res.get("scaling", {}).items():
-        pts = ", ".join(f"{p['value']}: {p['epoch_s']:.2f} s / {p['peak_rss_mb']:.0f} MB" for p in sc["points"])
-        lines.append(f"\nscaling with {axis}: {pts}; time exponent {sc['time_exponent']:.2f}, "
-                     f"memory exponent {sc['memory_exponent']:.2f}")
-    if res.get("forward_rows"):
-        lines.append("\ntraining-forward row bound (train.max_forward_rows): " + "; ".join(
-            f"{p['setting']} {p['max_forward_rows']}: epoch {p['epoch_s']:.2f} s, update {p['update_s']:.2f} s, "
-            f"{p['peak_rss_mb']:.0f} MB" for p in res["forward_rows"]))
-    if res.get("forward_mb"):
-        lines.append("\ntraining-forward memory bound (train.max_forward_mb, toy-sd3-32px): " + "; ".join(
-            f"{p['max_forward_mb']} MiB: {p['mb_per_row']:.3g} MiB per row -> {p['rows']} rows, update "
-            f"{p['update_s']:.2f} s, {p['peak_rss_mb']:.0f} MB" for p in res["forward_mb"]))
-    if res.get("sde_window"):
-        w = res["sde_window"]
-        ratios = w.get("update_ratio_epochs")
-        lines.append(f"\nSDE window [0, 5) vs all steps: update time x{w['update_ratio']:.2f} for trained steps "
-                     f"x{w['steps_ratio']:.2f}" + (f" (median of {len(ratios)} epochs in turns: "
-                                                   + ", ".join(f"{x:.2f}" for x in ratios) + ")" if ratios else ""))
-    for label, key in (("RSS", "rss_curve_mb"), ("GPU memory allocated", "gpu_curve_mb")):
-        if (res.get("memory") or {}).get(key):
-            lines.append(f"\n{label} over {res['memory']['name'].split('-')[1]} epochs (epoch: MB): "
-                         + ", ".join(f"{e}: {mb:.0f}" for e, mb in res["memory"][key]))
-    lines.append("\n| target | measured | met |\n|---|---|---|")
-    lines += [f"| {t} | {fig} | {'yes' if ok else 'NO'} |" for t, fig, ok in targets(res)]
-    return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    children = {"_one": _child, "_memory": _memory_child, "_turn": _turn_child}
-    if len(sys.argv) == 3 and sys.argv[1] in children:
-        result = children[sys.argv[1]](sys.argv[2])
-        print(json.dumps(result))
-    else:
-        print("usage: grpo-guard bench --out DIR", file=sys.stderr)
-        sys.exit(2)
+#: the measurement children ``python -m grpo_guard.bench KIND SPEC_JSON`` runs (each prints one JSON line)
+CHILDREN = {"_one": _child, "_memory": _memory_child, "_turn": _turn_child}
