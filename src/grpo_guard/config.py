@@ -42,7 +42,8 @@ class BackboneConfig:
 
 @dataclass
 class PromptConfig:
-    """Where prompts come from: ``digits`` (the toy world's "a handwritten 7") or ``file`` (one per line)."""
+    """Where prompts come from: ``digits`` (the toy world's "a handwritten 7"), ``file`` (one per line) or
+    ``jsonl`` (one JSON object per line: ``prompt`` and that prompt's metadata; :mod:`grpo_guard.prompts`)."""
 
     source: str = "digits"
     path: str | None = None
@@ -100,6 +101,9 @@ class TrainConfig:
     adv_clip_max: float = 5.0
     ema_decay: float = 0.0  # 0 disables EMA of the trainable weights
     mixed_precision: str = "no"  # "no" | "bf16" | "fp16"
+    # torch's deterministic algorithms (and, on CUDA, cuBLAS's fixed workspace): the same seed gives the same
+    # run on a GPU too, at a speed cost; on the CPU runs are reproducible without it (docs/reliability.md)
+    deterministic: bool = False
     preflight_tol: float = 1e-5  # max |log ratio| allowed on-policy before the first update
     grad_norm_every: int = 1  # measure per-step gradient norms every N epochs (0: never)
     grad_norm_samples: int = 8  # samples used for that measurement
@@ -213,9 +217,9 @@ class RunConfig:
             need(math.isfinite(r.weight), f"rewards[{i}].weight", "must be finite")
         need(any(r.role == "proxy" for r in self.rewards), "rewards", "at least one reward must have role 'proxy'")
         need(len({r.name for r in self.rewards}) == len(self.rewards), "rewards", "reward names must be unique")
-        need(self.prompts.source in ("digits", "file"), "prompts.source", "must be 'digits' or 'file'")
-        if self.prompts.source == "file":
-            need(bool(self.prompts.path), "prompts.path", "required when prompts.source is 'file'")
+        need(self.prompts.source in ("digits", "file", "jsonl"), "prompts.source", "must be 'digits', 'file' or 'jsonl'")
+        if self.prompts.source in ("file", "jsonl"):
+            need(bool(self.prompts.path), "prompts.path", f"required when prompts.source is '{self.prompts.source}'")
             need(Path(self.prompts.path).expanduser().is_file(), "prompts.path", f"no such file: {self.prompts.path}")
         need(self.eval.every >= 0, "eval.every", "must be >= 0")
         need(self.eval.samples_per_prompt >= 1, "eval.samples_per_prompt", "must be >= 1")

@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from .settings import (EPOCH_FACTOR, LOSS_TOLERANCE, MEMORY_WARMUP_EPOCHS, PROMPTS, SETTINGS, BenchError,
-                       format_table, make_spec, prepare_out, targets)
+                       make_spec, prepare_out, targets)
 
 __all__ = ["run_bench", "wrap_network", "after_each_row", "bench_device", "forward_memory_sweep", "window_ratio",
            "FORWARD_MB", "CHILDREN"]
@@ -265,7 +265,7 @@ class _ReferenceLoop:
         import torch
 
         from ..backbones import BackboneContext, build_backbone
-        from ..prompts import load_prompts
+        from ..prompts import load_prompt_set
         from ..rewards import RewardContext, build_reward
         from ..train.schedule import StepSchedule
         from ..train.update import build_optimizer
@@ -280,7 +280,7 @@ class _ReferenceLoop:
         self.proxy_w = {r.name: r.weight for r in cfg.rewards if r.role == "proxy"}
         self.params = self.bb.trainable_parameters()
         self.opt = build_optimizer(self.params, cfg.train)
-        self.all_prompts = load_prompts(cfg.prompts.source, cfg.prompts.path)
+        self.all_prompts = load_prompt_set(cfg.prompts.source, cfg.prompts.path)
         s = cfg.sample
         self.schedule = StepSchedule(self.bb.sigmas(s.num_steps, s.shift).to(device), cfg.trained_step_indices(),
                                      list(range(s.num_steps)), s.noise_level, s.sde_type)
@@ -289,7 +289,7 @@ class _ReferenceLoop:
         import torch
 
         from ..core import group_advantages
-        from ..prompts import draw_epoch_prompts
+        from ..prompts import draw_epoch_indices
         from ..rewards import weighted_sum
         from ..seeding import derive_generator
         from ..train.rollout import per_sample_noise, rollout
@@ -300,9 +300,9 @@ class _ReferenceLoop:
         b = s.prompts_per_epoch * s.group_size
         _sync(device)
         t0 = time.perf_counter()
-        ep_prompts = draw_epoch_prompts(self.all_prompts, s.prompts_per_epoch, cfg.seed, epoch)
+        ep_prompts = draw_epoch_indices(len(self.all_prompts), s.prompts_per_epoch, cfg.seed, epoch)
         perm = torch.randperm(b, generator=derive_generator(cfg.seed, "minibatch", epoch))
-        prompts = [ep_prompts[int(i) // s.group_size] for i in perm]
+        prompts, metadata = self.all_prompts.take([ep_prompts[int(i) // s.group_size] for i in perm])
         bb.eval()
         cond = bb.encode_prompts(prompts)
         noise = per_sample_noise(cfg.seed, "rollout", epoch, perm.tolist(), s.num_steps + 1, bb.latent_shape)
@@ -316,7 +316,7 @@ class _ReferenceLoop:
             traj = rollout(velocity, cond, noise, schedule, reduction=lo.reduction, batch_size=s.batch_size,
                            device=device)
         images = bb.decode(traj.final).float().cpu()
-        vals = {k: self.rewards[k](images, prompts, [{} for _ in prompts]).float() for k in self.proxy_w}
+        vals = {k: self.rewards[k](images, prompts, metadata).float() for k in self.proxy_w}
         adv = group_advantages(weighted_sum(vals, self.proxy_w), perm // s.group_size, std_mode=t.adv_std,
                                eps=t.adv_eps, clip_max=t.adv_clip_max).advantages.to(device)
         bb.train()

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ..backbones import BackboneContext, build_backbone
 from ..config import RunConfig
-from ..prompts import load_prompts
+from ..prompts import PromptSet, load_prompt_set
 from ..rewards import RewardContext, build_evaluator, build_reward
 from ..sharding import full_optimizer_state, load_optimizer_state, reshard, shard_modules
 from .checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
@@ -52,6 +52,9 @@ class RunState:
     # train.max_forward_mb: saved-activation bytes per row of the training forward, measured on the run's
     # first training call (kept so that a resumed run groups its calls exactly as the uninterrupted one)
     forward_bytes_per_row: float | None = None
+    # the on-policy check's max |log ratio| at the run's first finite update (a resumed run checks again
+    # but logs it only once, so that its metrics equal the uninterrupted run's)
+    preflight_max_abs_log_ratio: float | None = None
 
 
 @dataclass
@@ -72,7 +75,7 @@ class RunContext:
     sharded: bool
     rewards: dict
     evaluator: object | None
-    prompts: list[str]
+    prompts: PromptSet
     schedule: StepSchedule
     metrics: MetricsLog
     monitor: OveroptimizationMonitor
@@ -125,6 +128,7 @@ def build_context(cfg: RunConfig, out: Path, accelerator, log, stop: StopRequest
     the latest valid checkpoint in ``out``."""
     device, world, is_main = accelerator.device, accelerator.num_processes, accelerator.is_main_process
     s, t = cfg.sample, cfg.train
+    prompts = load_prompt_set(cfg.prompts.source, cfg.prompts.path)  # a bad prompt file fails before any model loads
     torch.manual_seed(cfg.seed)
     cache_dir = Path(cfg.cache_dir).expanduser()
     backbone = build_backbone(cfg.backbone.name, cfg.backbone.params,
@@ -142,7 +146,6 @@ def build_context(cfg: RunConfig, out: Path, accelerator, log, stop: StopRequest
                          verbose=is_main and cfg.log.progress)
     rewards = {spec.name: build_reward(spec.name, spec.params, rctx) for spec in cfg.rewards}
     evaluator = build_evaluator(cfg.eval.evaluator, cfg.eval.evaluator_params, rctx) if cfg.eval.evaluator else None
-    prompts = load_prompts(cfg.prompts.source, cfg.prompts.path, cfg.prompts.attributes)
     schedule = StepSchedule.from_config(s, backbone.sigmas(s.num_steps, s.shift), cfg.trained_step_indices())
     params = backbone.trainable_parameters()
     if not params:

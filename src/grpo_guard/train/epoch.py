@@ -23,7 +23,7 @@ from torch import Tensor
 from ..backbones.base import Conditioning
 from ..core import GroupAdvantages, group_advantages, per_step_ratio_stats, spread
 from ..core._checks import all_finite
-from ..prompts import draw_epoch_prompts
+from ..prompts import draw_epoch_indices
 from ..rewards import weighted_sum
 from ..seeding import derive_generator
 from ..sharding import reshard
@@ -47,12 +47,14 @@ class EpochBatch:
         epoch: the epoch (0-based).
         global_index: (B_local,) long, each local sample's index in the global batch of B samples.
         prompts: the local samples' prompts (every sample of a group has its group's prompt).
+        metadata: each local sample's prompt metadata (a copy per sample; empty dicts for plain prompts).
         cond: the backbone's conditioning of ``prompts``.
     """
 
     epoch: int
     global_index: Tensor
     prompts: list[str]
+    metadata: list[dict]
     cond: Conditioning | None = None
 
     def __len__(self) -> int:
@@ -81,10 +83,11 @@ def evaluate_base(ctx: RunContext) -> None:
 def draw_batch(ctx: RunContext, epoch: int) -> EpochBatch:
     """The epoch's prompts (``prompts_per_epoch``, seeded by (seed, epoch)) and this process's samples."""
     s, seed = ctx.cfg.sample, ctx.cfg.seed
-    epoch_prompts = draw_epoch_prompts(ctx.prompts, s.prompts_per_epoch, seed, epoch)
+    epoch_prompts = draw_epoch_indices(len(ctx.prompts), s.prompts_per_epoch, seed, epoch)
     perm = torch.randperm(ctx.batch_size, generator=derive_generator(seed, "minibatch", epoch))
     local = perm[ctx.rank::ctx.world]
-    return EpochBatch(epoch, local, [epoch_prompts[i // s.group_size] for i in local.tolist()])
+    texts, metadata = ctx.prompts.take([epoch_prompts[i // s.group_size] for i in local.tolist()])
+    return EpochBatch(epoch, local, texts, metadata)
 
 
 def rollout_batch(ctx: RunContext, batch: EpochBatch) -> Trajectory:
@@ -120,7 +123,7 @@ def score_batch(ctx: RunContext, batch: EpochBatch, traj: Trajectory) -> tuple[d
     values, problem = {}, None
     for spec in ctx.cfg.rewards:
         try:
-            v = ctx.rewards[spec.name](images, batch.prompts, [{} for _ in batch.prompts])
+            v = ctx.rewards[spec.name](images, batch.prompts, batch.metadata)
         except Exception as e:  # a failing reward model skips the batch, like a bad value
             v, problem = None, f"reward {spec.name} raised {type(e).__name__}: {e}"
         problem = problem or _check_reward(spec.name, v, len(batch))
@@ -244,8 +247,8 @@ def update_row(ctx: RunContext, proxy: Tensor, adv: GroupAdvantages, values: dic
         row["skipped_updates"] = ctx.state.skipped_updates
     for name, v in values.items():
         row[f"reward/{name}_mean"] = float(_gather(ctx, v).mean())
-    if result.preflight_max_abs_log_ratio is not None:
-        row["preflight_max_abs_log_ratio"] = result.preflight_max_abs_log_ratio
+    if result.preflight_max_abs_log_ratio is not None and ctx.state.preflight_max_abs_log_ratio is None:
+        row["preflight_max_abs_log_ratio"] = ctx.state.preflight_max_abs_log_ratio = result.preflight_max_abs_log_ratio
     if step_norms is not None:
         row["grad_norm_step"] = step_norms
         row["grad_norm_spread"] = float(spread(torch.tensor(step_norms))) if min(step_norms) > 0 else None

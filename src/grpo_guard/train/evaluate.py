@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ..config import RunConfig
+from ..prompts import PromptSet
 from ..core._checks import all_finite
 from ..image_stats import image_stats
 from ..rewards import weighted_sum
@@ -29,15 +30,19 @@ class EvaluationRewardError(RuntimeError):
 
 
 @torch.no_grad()
-def evaluate_policy(backbone, cfg: RunConfig, all_prompts: list[str], rewards: dict, evaluator, *, device,
-                    accelerator=None) -> tuple[dict, Tensor]:
+def evaluate_policy(backbone, cfg: RunConfig, all_prompts: PromptSet | list[str], rewards: dict, evaluator, *,
+                    device, accelerator=None) -> tuple[dict, Tensor]:
     """Returns (metrics, images): ``eval/<reward>_mean``, ``eval/proxy_reward_mean``, ``gold/<metric>``;
-    images (N, C, H, W) in [0, 1] in prompt order (each prompt ``samples_per_prompt`` times)."""
+    images (N, C, H, W) in [0, 1] in prompt order (each prompt ``samples_per_prompt`` times). The rewards
+    get each prompt's metadata (``all_prompts`` as a :class:`~grpo_guard.prompts.PromptSet`; a plain list
+    of prompts has none)."""
+    if not isinstance(all_prompts, PromptSet):
+        all_prompts = PromptSet(list(all_prompts), [{} for _ in all_prompts])
     s = cfg.sample
     backbone.eval()  # e.g. dropout off; the training loop switches back to train mode for its update
     rank = accelerator.process_index if accelerator is not None else 0
     world = accelerator.num_processes if accelerator is not None else 1
-    eval_prompts = [p for p in all_prompts for _ in range(cfg.eval.samples_per_prompt)]
+    eval_prompts, meta = all_prompts.take([i for i in range(len(all_prompts)) for _ in range(cfg.eval.samples_per_prompt)])
     local = list(range(rank, len(eval_prompts), world))
     if world > 1:  # equal shares, padded with copies: every process makes the same model calls (sharded
         local += [local[0]] * (math.ceil(len(eval_prompts) / world) - len(local))  # weights need it)
@@ -56,7 +61,6 @@ def evaluate_policy(backbone, cfg: RunConfig, all_prompts: list[str], rewards: d
                 order[i] = j
         images = images[order.to(images.device)]
     images = images.cpu()
-    meta = [{} for _ in eval_prompts]
     # drift of plain image statistics (darker, flatter, collapsed samples) next to the proxy and gold
     groups = torch.arange(len(eval_prompts)) // cfg.eval.samples_per_prompt
     res: dict = {f"imgstat/{k}": v for k, v in image_stats(images, groups).items()}

@@ -19,6 +19,7 @@ then, per epoch, top to bottom (the parts are in :mod:`.epoch`):
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -29,6 +30,7 @@ from accelerate.state import AcceleratorState
 from tqdm.auto import tqdm
 
 from ..config import RunConfig, dump_config
+from ..seeding import deterministic_algorithms, reproducibility_record
 from .context import RunContext, build_context
 from .epoch import (batch_advantages, draw_batch, evaluate_base, evaluate_epoch, finish_epoch, rollout_batch,
                     score_batch, skip_bad_batch, update_batch, update_row)
@@ -58,11 +60,12 @@ def train(cfg: RunConfig, output_dir: str | Path, *, resume: bool = False, log=p
     if is_main:
         lock.acquire()
     try:
-        with StopRequest() as stop:
+        with StopRequest() as stop, deterministic_algorithms(cfg.train.deterministic):
             _check_batch_split(cfg, accelerator.num_processes)
             if is_main:
                 atomic_write_text(out / "config.yaml", dump_config(cfg))
                 (out / "images").mkdir(exist_ok=True)
+                _record_environment(out, resume, log)
             ctx = build_context(cfg, out, accelerator, log, stop, resume)
             try:
                 run_epochs(ctx)
@@ -116,6 +119,24 @@ def run_epochs(ctx: RunContext) -> None:
     ctx.accelerator.wait_for_everyone()
 
 
+def _record_environment(out: Path, resume: bool, log) -> None:
+    """Write what a bit-for-bit repetition depends on (``reproducibility.json``); on resume, say what differs
+    from the run's start (a resumed run equals the uninterrupted one only where nothing does)."""
+    now = reproducibility_record()
+    path = out / "reproducibility.json"
+    if resume and path.is_file():
+        try:
+            then = json.loads(path.read_text())
+        except ValueError:
+            then = {}
+        diff = [f"{k} {then.get(k)!r} -> {v!r}" for k, v in now.items() if k in then and then[k] != v]
+        if diff:
+            log(f"resuming with a different setup ({'; '.join(diff)}): the run continues, but need not equal an "
+                f"uninterrupted one bit for bit")
+        return
+    atomic_write_text(path, json.dumps(now, indent=1))
+
+
 def _check_batch_split(cfg: RunConfig, world: int) -> None:
     batch, t = cfg.sample.prompts_per_epoch * cfg.sample.group_size, cfg.train
     if batch % (world * t.updates_per_epoch) != 0:
@@ -144,7 +165,7 @@ def prepare_run_dir(output_dir: Path, resume: bool) -> None:
 
 
 def _remove_unstarted_run(out: Path, created: bool) -> None:
-    for name in ("config.yaml", "base_eval.json", "images", "checkpoints", "best"):
+    for name in ("config.yaml", "reproducibility.json", "base_eval.json", "images", "checkpoints", "best"):
         p = out / name
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)

@@ -35,7 +35,7 @@ import torch
 from ..backbones import BackboneContext, build_backbone
 from ..config import RunConfig
 from ..core import group_advantages
-from ..prompts import draw_epoch_prompts, load_prompts
+from ..prompts import draw_epoch_indices, load_prompt_set
 from ..rewards import RewardContext, build_reward, weighted_sum
 from ..seeding import derive_generator
 from .rollout import per_sample_noise, rollout
@@ -56,7 +56,7 @@ def train_minimal(cfg: RunConfig, device: str = "cpu") -> list[dict]:
     rctx = RewardContext(cache, device, cfg.seed, getattr(backbone, "image_size", None))
     proxies = {r.name: build_reward(r.name, r.params, rctx) for r in cfg.rewards if r.role == "proxy"}
     weights = {r.name: r.weight for r in cfg.rewards if r.role == "proxy"}
-    all_prompts = load_prompts(cfg.prompts.source, cfg.prompts.path, cfg.prompts.attributes)
+    all_prompts = load_prompt_set(cfg.prompts.source, cfg.prompts.path)  # texts and each one's metadata
     schedule = StepSchedule.from_config(s, backbone.sigmas(s.num_steps, s.shift), cfg.trained_step_indices())
     optimizer = build_optimizer(backbone.trainable_parameters(), t)
 
@@ -71,9 +71,9 @@ def train_minimal(cfg: RunConfig, device: str = "cpu") -> list[dict]:
     history = []
     for epoch in range(t.epochs):
         # 1. prompts: global sample i belongs to group i // group_size; a seeded order of the samples
-        epoch_prompts = draw_epoch_prompts(all_prompts, s.prompts_per_epoch, cfg.seed, epoch)
+        epoch_prompts = draw_epoch_indices(len(all_prompts), s.prompts_per_epoch, cfg.seed, epoch)
         order = torch.randperm(batch, generator=derive_generator(cfg.seed, "minibatch", epoch))
-        prompts = [epoch_prompts[i // s.group_size] for i in order.tolist()]
+        prompts, metadata = all_prompts.take([epoch_prompts[i // s.group_size] for i in order.tolist()])
 
         # 2. rollout with the SDE sampler (no gradients)
         backbone.eval()
@@ -85,7 +85,7 @@ def train_minimal(cfg: RunConfig, device: str = "cpu") -> list[dict]:
 
         # 3. rewards of the decoded images, 4. group-relative advantages
         images = backbone.decode(traj.final).float().cpu()
-        rewards = {name: fn(images, prompts, [{} for _ in prompts]).float().to(device)
+        rewards = {name: fn(images, prompts, metadata).float().to(device)
                    for name, fn in proxies.items()}
         proxy = torch.empty(batch, device=device)
         proxy[order.to(device)] = weighted_sum(rewards, weights)  # back in global sample order

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from ..backbones import BackboneContext, build_backbone
 from ..config import load_config
-from ..prompts import load_prompts
+from ..prompts import load_prompt_set
 from ..rewards import RewardContext, build_evaluator, build_reward
 from .checkpoint import latest_checkpoint, verify_checkpoint
 from .evaluate import evaluate_policy, normalise_gold
@@ -65,7 +65,7 @@ def evaluate_checkpoint(checkpoint: Path, *, samples_per_prompt: int | None = No
     rctx = RewardContext(cache, device, cfg.seed, getattr(backbone, "image_size", None))
     rewards = {spec.name: build_reward(spec.name, spec.params, rctx) for spec in cfg.rewards}
     evaluator = build_evaluator(cfg.eval.evaluator, cfg.eval.evaluator_params, rctx) if cfg.eval.evaluator else None
-    res, _ = evaluate_policy(backbone, cfg, load_prompts(cfg.prompts.source, cfg.prompts.path), rewards, evaluator,
+    res, _ = evaluate_policy(backbone, cfg, load_prompt_set(cfg.prompts.source, cfg.prompts.path), rewards, evaluator,
                              device=device)
     base = None
     ckpts = sorted((run / "checkpoints").glob("epoch_*/state.json"))

@@ -718,8 +718,3 @@ def route_survival(velocity: VelocityFn, noise: Tensor, sigmas: Tensor, pattern:
             proj = ((pert - ref) * pattern).flatten(1).sum(1) / pp
             out.append(float(proj.mean()))
     return out
-
-
-# ============================================================================================
-# measurement CLI: python -m grpo_guard.world.generator --net mlp --resolution 8 ...
-# ============================================================================================
