@@ -15,7 +15,7 @@ LAYERS = [
     {"core", "seeding", "errors", "registry", "malloc"},
     {"config", "image_stats", "sharding"},
     {"world"},
-    {"backbones", "rewards", "prompts"},
+    {"backbones", "rewards", "prompts", "prompt_sets"},
     {"train"},
     {"parallel"},
     {"study", "bench", "report", "demo", "mechanism"},

@@ -104,3 +104,29 @@ def test_metadata_reaches_every_reward_call_with_its_own_prompt(tmp_path):
     eval_calls = [c for c in CALLS if len(c[1]) == len(GENEVAL_LINES) * cfg.eval.samples_per_prompt]
     assert eval_calls and {p for c in eval_calls for p in c[1]} == set(by_prompt)  # every prompt evaluated
     assert isinstance(load_prompt_set("jsonl", str(path)), PromptSet)
+
+
+def test_metadata_reaches_a_reward_behind_the_reward_server(tmp_path):
+    """The same through ``serve-reward``'s HTTP protocol: the remote reward sends each prompt's metadata with
+    its images, and the served reward receives them paired as in-process."""
+    import threading
+
+    from grpo_guard.rewards.server import make_reward_server
+
+    path = _write(tmp_path / "m.jsonl", GENEVAL_LINES)
+    CALLS.clear()
+    server = make_reward_server(make_metadata_probe({}, None), "metadata_probe", port=0, log=lambda *_: None)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        cfg = tiny_cfg(tmp_path / "cache", "train.epochs=2", "eval.every=1", f"prompts={{source: jsonl, path: '{path}'}}",
+                       f"rewards=[{{name: remote, params: {{url: '{url}', timeout: 20}}}}]")
+        train(cfg, tmp_path / "run", log=lambda *_: None)
+    finally:
+        server.shutdown()
+        server.server_close()
+    by_prompt = {r["prompt"]: {k: v for k, v in r.items() if k != "prompt"} for r in GENEVAL_LINES}
+    assert len(CALLS) >= 5  # the base evaluation, 2 epochs, 2 evaluations (the client may split batches)
+    for _, prompts, metadata in CALLS:
+        assert all(m == by_prompt[p] for p, m in zip(prompts, metadata)), (prompts, metadata)

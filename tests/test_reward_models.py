@@ -11,6 +11,7 @@ import io
 import sys
 import types
 
+import numpy as np
 import pytest
 import torch
 
@@ -294,12 +295,14 @@ def test_jpeg_quality_checked(tmp_path):
 # ---------------------------------------------------------------------------------------------- optional
 
 
-def test_ocr_engine_missing_one_line(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "paddleocr", None)  # as if not installed
+@pytest.mark.parametrize(("engine", "module", "install"), [("paddleocr", "paddleocr", "paddleocr paddlepaddle"),
+                                                          ("rapidocr", "rapidocr_onnxruntime", "rapidocr-onnxruntime")])
+def test_ocr_engine_missing_one_line(tmp_path, monkeypatch, engine, module, install):
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed
     with pytest.raises(RewardUnavailable) as e:
-        build_reward("ocr", {}, _ctx(tmp_path))
+        build_reward("ocr", {"engine": engine}, _ctx(tmp_path))
     msg = _one_line(e)
-    assert "pip install paddleocr paddlepaddle" in msg and "ocr" in msg
+    assert f"pip install {install}" in msg and "ocr" in msg
 
 
 def test_ocr_rule_and_stand_in_engine(tmp_path):
@@ -328,3 +331,34 @@ def test_ocr_rule_and_stand_in_engine(tmp_path):
     assert r(images[:2], prompts[:2], [{}, {}]).tolist() == pytest.approx([0.8, 0.0])
     with pytest.raises(ValueError, match="target"):
         build_reward("ocr", {"engine": engine, "target": "metadata:"}, _ctx(tmp_path))
+
+
+# ---------------------------------------------------------------------------------------------- real OCR
+
+
+def _render(texts, size=(256, 64)):
+    """Black text on white in Pillow's built-in scalable font (no system font needed): (B, 3, H, W) in [0, 1]."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=28)
+    out = []
+    for t in texts:
+        img = Image.new("RGB", size, "white")
+        ImageDraw.Draw(img).text((12, 14), t, fill="black", font=font)
+        out.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255)
+    return torch.stack(out)
+
+
+def test_ocr_reads_rendered_text_with_the_real_engine_offline(tmp_path):
+    """The default engine (RapidOCR's PP-OCRv4 models, shipped in its wheel) reads PIL renders: the prompt's
+    own text scores >= 0.9, another prompt's text clearly lower, a blank image 0."""
+    reward = build_reward("ocr", {}, _ctx(tmp_path))
+    texts = ["hello world", "Open Late", "coffee", "grpo guard 42"]
+    images = torch.cat([_render(texts), torch.ones(1, 3, 64, 256)])
+    right = reward(images, [f'a sign that says "{t}"' for t in texts] + ['a sign that says "empty"'],
+                   [{} for _ in range(5)])
+    assert (right[:4] >= 0.9).all(), right.tolist()
+    assert right[4] == 0.0
+    wrong = reward(images[:4], [f'a sign that says "{t}"' for t in ["sunny bakery", "river", "zebra crossing", "moon"]],
+                   [{} for _ in range(4)])
+    assert (wrong <= right[:4] - 0.4).all(), (right.tolist(), wrong.tolist())

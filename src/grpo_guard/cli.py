@@ -393,7 +393,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ema", action="store_true", help="use the raw weights even when the checkpoint has EMA")
     p.add_argument("--out", help="also write the JSON here")
     p.set_defaults(func=_cmd_eval)
+    _add_prompts_parser(sub)
     return parser
+
+
+def _cmd_prompts(args: argparse.Namespace) -> int:
+    from .prompt_sets import GENERATORS, write_jsonl
+
+    try:
+        rows = GENERATORS[args.task](args.n, seed=args.seed, split=args.split)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    try:
+        write_jsonl(rows, args.out)
+    except OSError as e:
+        raise UsageError(f"--out: cannot write {args.out} ({e.strerror or e})") from None
+    print(f"wrote {len(rows)} {args.task} prompts ({args.split} split, seed {args.seed}) to {args.out}; train on "
+          f"them with --set \"prompts={{source: jsonl, path: {args.out}}}\"")
+    return 0
+
+
+def _add_prompts_parser(sub) -> None:
+    p = sub.add_parser("prompts", help="write a prompt set with metadata (JSONL) for the paper's tasks",
+                       description="GenEval's six task families over the 80 COCO classes (geneval), or scenes with "
+                                   "a quoted text of 1-4 words (ocr), seeded, with a fixed train / test split by "
+                                   "prompt; one JSON object per line, the prompt and its metadata.")
+    p.add_argument("task", choices=["geneval", "ocr"])
+    p.add_argument("--n", type=int, default=1000, help="number of distinct prompts (default 1000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", choices=["train", "test", "all"], default="train",
+                   help="which split's prompts (default train; test holds about 20%% of all prompts)")
+    p.add_argument("--out", required=True, help="the JSONL file to write")
+    p.set_defaults(func=_cmd_prompts)
 
 
 def main(argv: list[str] | None = None) -> int:

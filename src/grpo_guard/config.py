@@ -150,6 +150,9 @@ class LogConfig:
     checkpoint_every: int = 10  # epochs between checkpoints (the last epoch is always saved)
     keep_checkpoints: int = 2
     progress: bool = True
+    # experiment trackers besides metrics.jsonl: "tensorboard", "wandb" (grpo_guard.train.trackers)
+    trackers: list[str] = field(default_factory=list)
+    wandb_project: str = "grpo-guard"
 
 
 @dataclass
@@ -225,6 +228,8 @@ class RunConfig:
         need(self.eval.samples_per_prompt >= 1, "eval.samples_per_prompt", "must be >= 1")
         need(0 < self.monitor.drop < 1, "monitor.drop", "must be in (0, 1)")
         need(self.log.keep_checkpoints >= 1, "log.keep_checkpoints", "must be >= 1")
+        for t in self.log.trackers:
+            need(t in ("tensorboard", "wandb"), "log.trackers", f"unknown tracker {t!r}; expected tensorboard or wandb")
 
     def trained_step_indices(self) -> list[int]:
         """Schedule indices k that are sampled stochastically and trained."""

@@ -1,10 +1,12 @@
-"""The OCR reward, which needs an optional third-party OCR engine.
+"""The OCR reward, on a real OCR engine.
 
-The engine is imported when the reward is built, never at import time; a missing package or missing
-weights raise one line (:class:`RewardUnavailable`, a ``ValueError``) saying what to install or
-download. PaddleOCR (the default engine, as in Flow-GRPO) was NOT run here (it needs ``paddlepaddle``);
-what is tested is the error path and the scoring rule with a stand-in OCR engine. (ImageReward and
-HPSv2 run on transformers alone: ``rewards/imagereward.py`` and ``rewards/hpsv2.py``.)
+The default engine is RapidOCR (``rapidocr-onnxruntime``, a dependency of this package): PaddleOCR's PP-OCRv4
+detection and recognition models (the engine family Flow-GRPO's reward uses) converted to ONNX and shipped
+inside the wheel, so it runs offline on the CPU with nothing downloaded; a test renders text with PIL and
+reads it back. PaddleOCR itself stays an option (``engine: paddleocr``; it needs ``paddlepaddle`` and
+downloads its models on first use, and was not run here). Engines are imported when the reward is built,
+never at import time; a missing package raises one line (:class:`RewardUnavailable`, a ``ValueError``)
+saying what to install.
 
 * ``ocr``: Flow-GRPO's OCR reward: the text between the first pair of double quotes in the prompt is
   compared with the text the OCR engine reads (spaces removed, lower-cased): 1 if it is contained,
@@ -79,6 +81,24 @@ def quoted_text(prompt: str) -> str:
     return parts[1]
 
 
+def _rapidocr_engine(lang: str) -> Callable:
+    """RapidOCR's whole pipeline (text detection, then recognition of each detected line) as
+    ``uint8 (H, W, 3) RGB array -> [(text, confidence), ...]``, the lines in reading order. Its shipped models
+    read English and Chinese (``lang`` is not used)."""
+    mod = require("rapidocr_onnxruntime", "ocr", "rapidocr-onnxruntime")
+    try:
+        engine = mod.RapidOCR()
+    except Exception as e:  # noqa: BLE001 - a broken onnxruntime install
+        raise RewardUnavailable(f"rewards: ocr: RapidOCR could not start ({type(e).__name__}: "
+                                f"{_first_line(e, 120)}); reinstall it: pip install rapidocr-onnxruntime") from None
+
+    def read(rgb) -> list[tuple[str, float]]:
+        result, _ = engine(rgb[..., ::-1].copy())  # RapidOCR takes OpenCV (BGR) arrays
+        return [(str(text).strip(), float(score)) for _, text, score in (result or [])]
+
+    return read
+
+
 def _paddle_engine(lang: str) -> Callable:
     """PaddleOCR (2.x ``.ocr`` or 3.x ``.predict``) as ``uint8 (H, W, 3) RGB array -> [(text, confidence)]``."""
     mod = require("paddleocr", "ocr", "paddleocr paddlepaddle")
@@ -140,13 +160,14 @@ class OcrReward:
 def make_ocr(params: dict, ctx: RewardContext) -> OcrReward:
     """OCR accuracy of the rendered text (Flow-GRPO's text-rendering reward), in [0, 1].
 
-    ``engine``: ``paddleocr`` (default; ``pip install paddleocr paddlepaddle``), a ``module:function``
-    path or a callable; either way a factory ``f(lang) -> read`` or, for a callable given directly, the
-    ``read`` function itself, where ``read(uint8 (H, W, 3) RGB array) -> [(text, confidence), ...]``.
+    ``engine``: ``rapidocr`` (default: PP-OCRv4 in ONNX, offline), ``paddleocr`` (``pip install paddleocr
+    paddlepaddle``), a ``module:function`` path or a callable; either way a factory ``f(lang) -> read`` or,
+    for a callable given directly, the ``read`` function itself, where ``read(uint8 (H, W, 3) RGB array) ->
+    [(text, confidence), ...]``.
     ``target``: ``quoted`` (default: the first "..." of the prompt), ``prompt`` (the whole prompt) or
     ``metadata:KEY``. Texts with confidence <= ``min_confidence`` (default 0) are ignored."""
     p = Params("ocr", params)
-    engine = p.get("engine", "paddleocr")
+    engine = p.get("engine", "rapidocr")
     lang = p.get("lang", "en")
     target = p.get("target", "quoted")
     min_confidence = p.number("min_confidence", 0.0)
@@ -156,6 +177,8 @@ def make_ocr(params: dict, ctx: RewardContext) -> OcrReward:
         raise p.error("target", f"expected 'quoted', 'prompt' or 'metadata:KEY', got {target!r}")
     if callable(engine):
         read = engine
+    elif engine == "rapidocr":
+        read = _rapidocr_engine(lang)
     elif engine == "paddleocr":
         read = _paddle_engine(lang)
     elif isinstance(engine, str) and ":" in engine:
@@ -166,5 +189,6 @@ def make_ocr(params: dict, ctx: RewardContext) -> OcrReward:
             raise p.error("engine", f"cannot import {engine!r} ({_first_line(e)})") from None
         read = factory(lang)
     else:
-        raise p.error("engine", f"expected 'paddleocr', a 'module:function' path or a callable, got {engine!r}")
+        raise p.error("engine", f"expected 'rapidocr', 'paddleocr', a 'module:function' path or a callable, "
+                                f"got {engine!r}")
     return OcrReward(read, target, min_confidence)

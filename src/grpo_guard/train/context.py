@@ -32,6 +32,7 @@ from .faults import StopRequest
 from .monitor import OveroptimizationMonitor
 from .runlog import MetricsLog, atomic_write_text, to_jsonable
 from .schedule import StepSchedule
+from .trackers import Trackers
 from .update import build_optimizer
 
 __all__ = ["RunState", "RunContext", "build_context", "save_checkpoint_of", "save_best", "intact_note"]
@@ -80,6 +81,7 @@ class RunContext:
     metrics: MetricsLog
     monitor: OveroptimizationMonitor
     state: RunState = field(default_factory=RunState)
+    trackers: Trackers = field(default_factory=lambda: Trackers([]))  # TensorBoard / W&B, besides metrics.jsonl
     preflight_pending: bool = True  # the on-policy check runs on the first finite update of the process
     last_grid: int = 0  # epochs done when the last image grid was saved
 

@@ -290,6 +290,7 @@ def evaluate_epoch(ctx: RunContext, epoch: int) -> dict:
         per = cfg.eval.samples_per_prompt
         pick = torch.cat([torch.arange(i * per, i * per + min(per, 8)) for i in range(len(ctx.prompts))])
         save_image_grid(images[pick], ctx.out / "images" / f"epoch_{epoch + 1:04d}.png", nrow=min(per, 8))
+        ctx.trackers.image("images/eval", images[pick], min(per, 8), epoch)
     return row
 
 
@@ -308,6 +309,7 @@ def finish_epoch(ctx: RunContext, epoch: int, row: dict, epoch_seconds: float) -
         except OSError as e:
             raise OutputWriteError(f"could not write {ctx.metrics.path} ({e.strerror or e}); "
                                    f"{intact_note(ctx.out)}") from None
+        ctx.trackers.log(row)
     if event.new_best and cfg.monitor.enabled and (ctx.is_main or ctx.sharded):  # sharded: all processes gather
         save_best(ctx, row)
     due = cfg.log.checkpoint_every and (epoch + 1) % cfg.log.checkpoint_every == 0

@@ -38,6 +38,7 @@ from .errors import OutputWriteError, PreflightError, RunDirError, TrainingInter
 from .faults import StopRequest
 from .runlog import RunLock, atomic_write_text
 from .summary import format_summary, write_summary
+from .trackers import require_trackers, start_trackers
 
 __all__ = ["train", "TrainingStopped", "TrainingInterrupted", "OutputWriteError", "RunDirError", "PreflightError",
            "prepare_run_dir"]
@@ -66,13 +67,17 @@ def train(cfg: RunConfig, output_dir: str | Path, *, resume: bool = False, log=p
                 atomic_write_text(out / "config.yaml", dump_config(cfg))
                 (out / "images").mkdir(exist_ok=True)
                 _record_environment(out, resume, log)
+            require_trackers(cfg)  # a tracker that is not installed stops the run before any model is built
             ctx = build_context(cfg, out, accelerator, log, stop, resume)
+            ctx.trackers = start_trackers(cfg, out, ctx.state.epoch, is_main)
             try:
                 run_epochs(ctx)
             except TrainingStopped as e:  # a checkpoint was written: the summary says how far the run got
                 if is_main and (out / "metrics.jsonl").exists():
                     log(format_summary(write_summary(out, interrupted=isinstance(e, TrainingInterrupted))))
                 raise
+            finally:
+                ctx.trackers.close()
             if is_main:
                 log(format_summary(write_summary(out)))
             return out
@@ -165,7 +170,8 @@ def prepare_run_dir(output_dir: Path, resume: bool) -> None:
 
 
 def _remove_unstarted_run(out: Path, created: bool) -> None:
-    for name in ("config.yaml", "reproducibility.json", "base_eval.json", "images", "checkpoints", "best"):
+    for name in ("config.yaml", "reproducibility.json", "base_eval.json", "images", "checkpoints", "best",
+                 "tensorboard", "wandb", "wandb_id"):
         p = out / name
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
