@@ -66,3 +66,21 @@ def test_a_run_stopped_by_a_signal_writes_its_summary_marked_interrupted(tmp_pat
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert s["interrupted"] and s["epochs"] == 2 == len(rows(tmp_path / "run"))
     assert s == json.loads(json.dumps(summarise_run(tmp_path / "run", interrupted=True)))
+
+
+def test_study_and_eval_reuse_the_summary(run, capsys):
+    """``study`` prints a run's summary in one line, ``eval`` prints a checkpoint's golds as the summary's gold
+    lines (beside its JSON on stdout)."""
+    from grpo_guard.cli import main
+    from grpo_guard.train.summary import format_summary_line
+
+    out, _ = run
+    s = summarise_run(out)
+    line = format_summary_line(s)
+    assert line.startswith("run, proxy ") and f"{s['proxy']['last']:.3g}" in line and "grad-norm spread" in line
+    assert main(["eval", str(out / "checkpoints" / "epoch_000006")]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    gold, base = result["eval/jpeg_compressibility_mean"], json.loads((out / "base_eval.json").read_text())
+    assert "base -> epoch_000006" in captured.err
+    assert f"{base['eval/jpeg_compressibility_mean']:.4g} -> {gold:.4g}" in captured.err

@@ -247,7 +247,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .train.checkpoint import CheckpointError
-    from .train.standalone import evaluate_checkpoint
+    from .train.standalone import checkpoint_gold_lines, evaluate_checkpoint
 
     try:
         result = evaluate_checkpoint(Path(args.checkpoint), samples_per_prompt=args.samples_per_prompt,
@@ -258,6 +258,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     print(text)
     if args.out:
         _atomic_write_text(Path(args.out), text)
+    # the same gold lines as a run's summary, for a reader (stdout stays the JSON)
+    for line in checkpoint_gold_lines(result, Path(args.checkpoint)):
+        print(line, file=sys.stderr)
     return 0
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .parallel import RunJob, run_jobs
+from .train.summary import format_summary_line, summarise_run
 
 __all__ = ["ARMS", "Condition", "StudyPlan", "PRESETS", "run_study", "calibrate_clip", "summarize_condition",
            "format_study_markdown"]
@@ -202,6 +203,8 @@ def run_study(plan: StudyPlan, out: Path, *, extra: list[str] | None = None, wor
                 labels[str(run)] = ARMS.get(arm, arm)
         run_jobs(jobs, workers=workers, log=log, prefix=f"[study] {cond.name}")
         run_dirs = [job.run_dir for job in jobs]
+        for run in run_dirs:  # each run's summary.json, written by the run, in one line
+            log(f"[study] {cond.name}: {format_summary_line(summarise_run(run))}")
         build_report(run_dirs, cdir, title=f"Study {plan.name}: {cond.note or cond.name}", labels=labels)
         results.append(summarize_condition(plan, cond, cdir, clips))
     doc = {"plan": plan.name, "extra": extra, "conditions": results, "seconds": time.perf_counter() - t_all}

@@ -95,14 +95,14 @@ def setting_spec(name: str, out: Path, epochs: int, user_overrides: list[str], *
                      **kw)
 
 
-#: the issue's targets: in-situ overhead (epoch / the network's time), our epoch over the reference-style
+#: the bench's targets: in-situ overhead (epoch / the network's time), our epoch over the reference-style
 #: loop's, the SDE window's update-time ratio over its trained-step ratio, and the scaling exponent in
 #: group size (time and memory at most linear, with room for the machine's spread)
 OVERHEAD_TARGET, REFERENCE_TARGET, WINDOW_TOLERANCE, GROUP_EXPONENT_TARGET = 1.10, 0.7, 1.15, 1.1
 
 
 def targets(res: dict) -> list[tuple[str, str, bool]]:
-    """The issue's speed and memory targets against the measured figures: ``(target, figure, met)``."""
+    """The speed and memory targets against the measured figures: ``(target, figure, met)``."""
     out = []
     for r in res["settings"]:
         if "overhead" in r:

@@ -16,6 +16,7 @@ from ..prompts import load_prompt_set
 from ..rewards import RewardContext, build_evaluator, build_reward
 from .checkpoint import latest_checkpoint, verify_checkpoint
 from .evaluate import evaluate_policy, normalise_gold
+from .summary import gold_lines, gold_reward_names
 
 __all__ = ["run_dir_of", "evaluate_checkpoint", "load_checkpoint_backbone", "export_run"]
 
@@ -74,6 +75,20 @@ def evaluate_checkpoint(checkpoint: Path, *, samples_per_prompt: int | None = No
     res.update(normalise_gold(res, base, evaluator, tuple(r.name for r in cfg.rewards if r.role == "gold")))
     res["checkpoint"] = str(checkpoint)
     return res
+
+
+def checkpoint_gold_lines(result: dict, checkpoint: Path) -> list[str]:
+    """``evaluate_checkpoint``'s result as the gold lines of a run's summary: each gold from the base model's
+    evaluation (the run's ``base_eval.json``) to this checkpoint's."""
+    run = Path(checkpoint).resolve().parent
+    run = run.parent if run.name == "checkpoints" else run
+    base_path = run / "base_eval.json"
+    base = json.loads(base_path.read_text()) if base_path.is_file() else {}
+    keys = ["gold_normalized_avg", *sorted(k for k in result if k.startswith(("gold_norm/", "gold/"))),
+            *(f"eval/{name}_mean" for name in gold_reward_names(run))]
+    golds = {k: {"base": 1.0 if k == "gold_normalized_avg" or k.startswith("gold_norm/") else base.get(k),
+                 "final": result[k]} for k in keys if k in result}
+    return gold_lines(golds, final=f"{Path(checkpoint).name}")
 
 
 def export_run(run_dir: Path, out: Path, *, checkpoint: Path | None = None, merge: bool = False,

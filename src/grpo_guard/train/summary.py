@@ -17,7 +17,8 @@ import yaml
 
 from .runlog import MetricsLog, atomic_write_text, to_jsonable
 
-__all__ = ["summarise_run", "format_summary", "write_summary", "SUMMARY_FILE"]
+__all__ = ["summarise_run", "format_summary", "format_summary_line", "gold_lines", "gold_reward_names", "write_summary",
+           "SUMMARY_FILE"]
 
 SUMMARY_FILE = "summary.json"
 
@@ -33,7 +34,7 @@ def _finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _gold_rewards(run: Path) -> list[str]:
+def gold_reward_names(run: Path) -> list[str]:
     """The names of the run's gold-role rewards, from its ``config.yaml``."""
     try:
         cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
@@ -86,7 +87,7 @@ def summarise_run(run_dir: str | Path, *, interrupted: bool = False) -> dict:
                            "final_epoch": eval_rows[-1]["epoch"]}
     best_row = next((r for r in rows if r.get("epoch") == best.get("epoch")), None) if best else None
     golds = {}
-    for key in _gold_keys(eval_rows, base, _gold_rewards(run)):
+    for key in _gold_keys(eval_rows, base, gold_reward_names(run)):
         final = next((r[key] for r in reversed(eval_rows) if _finite(r.get(key))), None)
         start = 1.0 if key == "gold_normalized_avg" or key.startswith("gold_norm/") else base.get(key)
         golds[key] = {"base": start, "final": final, "at_best": best_row.get(key) if best_row else None}
@@ -128,18 +129,7 @@ def format_summary(s: dict) -> str:
     if "eval_proxy" in s:
         e = s["eval_proxy"]
         lines.append(f"  proxy (evaluation)        {_fmt(e['base'])} (base) -> {_fmt(e['final'])}")
-    golds = s.get("golds", {})
-    normalised = {k.split("/", 1)[1] for k in golds if k.startswith("gold_norm/")}
-    if golds:
-        best = s.get("best_checkpoint", {}).get("epoch")
-        lines.append("  gold                      base -> final" + (f" (at the best checkpoint, epoch {best})"
-                                                                     if best is not None else ""))
-    for key, g in golds.items():
-        name = key.split("/", 1)[-1].removesuffix("_mean")
-        if not key.startswith("gold_norm") and key != "gold_normalized_avg" and name in normalised:
-            continue  # shown normalised (summary.json keeps the raw value too)
-        at_best = f" ({_fmt(g['at_best'])})" if g.get("at_best") is not None else ""
-        lines.append(f"    {key:23s} {_fmt(g['base'])} -> {_fmt(g['final'])}{at_best}")
+    lines += gold_lines(s.get("golds", {}), s.get("best_checkpoint", {}).get("epoch"))
     m = s["monitor"]
     lines.append("  monitor                   " + (f"over-optimization flagged at epoch {m['hacking_epoch']}"
                                                   if m["hacking"] else "no over-optimization flagged"))
@@ -158,6 +148,39 @@ def format_summary(s: dict) -> str:
         lines.append(f"  skipped batches           {s['skipped_batches']}")
     lines.append(f"  draw it: {s['report_command']}")
     return "\n".join(lines)
+
+
+def gold_lines(golds: dict, best_epoch: int | None = None, final: str = "final") -> list[str]:
+    """The lines of the gold metrics ``{key: {"base", "final", "at_best"}}``: each ``base -> final`` (and its
+    value at the best checkpoint), the normalised golds instead of their raw values where both exist."""
+    if not golds:
+        return []
+    normalised = {k.split("/", 1)[1] for k in golds if k.startswith("gold_norm/")}
+    lines = [f"  gold                      base -> {final}" + (f" (at the best checkpoint, epoch {best_epoch})"
+                                                            if best_epoch is not None else "")]
+    for key, g in golds.items():
+        name = key.split("/", 1)[-1].removesuffix("_mean")
+        if not key.startswith("gold_norm") and key != "gold_normalized_avg" and name in normalised:
+            continue  # shown normalised (summary.json keeps the raw value too)
+        at_best = f" ({_fmt(g['at_best'])})" if g.get("at_best") is not None else ""
+        lines.append(f"    {key:23s} {_fmt(g['base'])} -> {_fmt(g['final'])}{at_best}")
+    return lines
+
+
+def format_summary_line(s: dict) -> str:
+    """The summary in one line (``study`` prints one per run): proxy, the headline gold, monitor, spread."""
+    parts = [Path(s["run_dir"]).name]
+    if "proxy" in s:
+        parts.append(f"proxy {_fmt(s['proxy']['first'], 3)} -> {_fmt(s['proxy']['last'], 3)}")
+    golds = s.get("golds", {})
+    key = next(iter(golds), None)
+    if key is not None:
+        parts.append(f"{key} {_fmt(golds[key]['base'], 3)} -> {_fmt(golds[key]['final'], 3)}")
+    if s["monitor"]["hacking"]:
+        parts.append(f"over-optimization flagged at epoch {s['monitor']['hacking_epoch']}")
+    if "grad_norm_spread" in s:
+        parts.append(f"grad-norm spread {_fmt(s['grad_norm_spread']['mean'], 3)}x")
+    return ", ".join(parts) + (" (interrupted)" if s.get("interrupted") else "")
 
 
 def write_summary(run_dir: str | Path, *, interrupted: bool = False) -> dict:
