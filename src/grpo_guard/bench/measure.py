@@ -50,7 +50,22 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from ..backbones import BackboneContext, build_backbone
+from ..config import load_config
+from ..core import group_advantages
+from ..prompts import draw_epoch_indices, load_prompt_set
+from ..rewards import RewardContext, build_reward, weighted_sum
+from ..seeding import derive_generator
+from ..train import context, runlog
+from ..train.forward_memory import rows_for_budget
+from ..train.loop import train
+from ..train.rollout import per_sample_noise, rollout
+from ..train.runlog import atomic_write_text
+from ..train.schedule import StepSchedule
+from ..train.update import build_optimizer, forward_chunks, gather_step_batch, row_bound, step_batch_loss
+from .figure import fig_bench
 from .settings import (EPOCH_FACTOR, LOSS_TOLERANCE, MEMORY_WARMUP_EPOCHS, PROMPTS, SETTINGS, BenchError,
                        make_spec, prepare_out, targets)
 
@@ -72,8 +87,6 @@ def _peak_rss_mb() -> float:
 def bench_device():
     """The device the measured runs train on, by ``train()``'s own rule: CUDA when torch sees one, else the
     CPU. The floor and the reference-style loop run there too, and the clocks wait for it (:func:`_sync`)."""
-    import torch
-
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -81,8 +94,6 @@ def _sync(device) -> None:
     """Wait for the work queued on ``device`` (CUDA runs asynchronously: a clock read without this would
     time the kernel launches, not the kernels); nothing on the CPU."""
     if device.type == "cuda":
-        import torch
-
         torch.cuda.synchronize(device)
 
 
@@ -90,16 +101,12 @@ def _peak_gpu_mb(device) -> float | None:
     """Peak CUDA memory allocated by this process (MB), None on the CPU."""
     if device.type != "cuda":
         return None
-    import torch
-
     return torch.cuda.max_memory_allocated(device) / 2**20
 
 
 def _autocast(device, mixed_precision: str):
     """The autocast ``train()`` runs its rollout and training forward under (accelerate's, for
     ``train.mixed_precision``): bf16 / fp16 on ``device``, nothing for "no"."""
-    import torch
-
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
@@ -158,10 +165,6 @@ def wrap_network(wrap, after_append=None) -> None:
     ``decode``, ``encode_prompts``) and ``torch.autograd.backward`` with ``wrap`` (a decorator); call
     ``after_append(row)`` after each metrics row is written. The bench's network clock and
     ``benchmarks/loop_ops.py`` draw the network's boundary with it."""
-    import torch
-
-    from ..train import context
-
     real_build = context.build_backbone
 
     def build(*a, **k):
@@ -177,8 +180,6 @@ def wrap_network(wrap, after_append=None) -> None:
 
 def after_each_row(callback) -> None:
     """Call ``callback(row)`` in this process after each metrics row that ``train()`` writes."""
-    from ..train import runlog
-
     real_append = runlog.MetricsLog.append
 
     def append(log_self, row):
@@ -190,10 +191,6 @@ def after_each_row(callback) -> None:
 
 def _child_run(setting_json: str):
     """A measurement child's ``(spec, config)``, with torch's threads set as the spec says."""
-    import torch
-
-    from ..config import load_config
-
     spec = json.loads(setting_json)
     torch.set_num_threads(spec.get("threads", 2))
     return spec, load_config(spec["config"], spec["overrides"])
@@ -203,11 +200,6 @@ def _floor(cfg, mb_per_row: float | None, device) -> dict:
     """Seconds of the model's own calls for one epoch of ``cfg`` on ``device`` (see the module docstring),
     the training calls grouped as the loop groups them (``mb_per_row``: the run's measured activations per
     row, for ``train.max_forward_mb``)."""
-    import torch
-
-    from ..backbones import BackboneContext, build_backbone
-    from ..train.update import forward_chunks, row_bound
-
     s, t = cfg.sample, cfg.train
     bb = build_backbone(cfg.backbone.name, cfg.backbone.params,
                         BackboneContext(Path(cfg.cache_dir).expanduser(), device, cfg.seed, False)).to(device)
@@ -262,14 +254,6 @@ class _ReferenceLoop:
     ``device``; :meth:`epoch` runs one epoch and returns ``(seconds, mean loss)``."""
 
     def __init__(self, cfg, device):
-        import torch
-
-        from ..backbones import BackboneContext, build_backbone
-        from ..prompts import load_prompt_set
-        from ..rewards import RewardContext, build_reward
-        from ..train.schedule import StepSchedule
-        from ..train.update import build_optimizer
-
         self.cfg, self.device = cfg, device
         torch.manual_seed(cfg.seed)
         cache = Path(cfg.cache_dir).expanduser()
@@ -286,15 +270,6 @@ class _ReferenceLoop:
                                      list(range(s.num_steps)), s.noise_level, s.sde_type)
 
     def epoch(self, epoch: int) -> tuple[float, float]:
-        import torch
-
-        from ..core import group_advantages
-        from ..prompts import draw_epoch_indices
-        from ..rewards import weighted_sum
-        from ..seeding import derive_generator
-        from ..train.rollout import per_sample_noise, rollout
-        from ..train.update import gather_step_batch, step_batch_loss
-
         cfg, bb, schedule, device = self.cfg, self.bb, self.schedule, self.device
         s, t, lo = cfg.sample, cfg.train, cfg.loss
         b = s.prompts_per_epoch * s.group_size
@@ -356,8 +331,6 @@ def _loss_agreement(ours: list[float], ref: list[float], mixed_precision: str) -
 
 
 def _child(setting_json: str) -> dict:
-    from ..train.loop import train
-
     spec, cfg = _child_run(setting_json)
     out: dict = {"name": spec["name"]}
     device = bench_device()
@@ -413,8 +386,6 @@ def _turn_child(setting_json: str) -> dict:
     """One real ``train()`` run that works only in turns given by the parent (:func:`_run_in_turns`): it
     waits for a line on stdin before its set-up and after each metrics row, and prints each row's timings
     as a JSON line (``{"row": ...}``) when the row is written."""
-    from ..train.loop import train
-
     spec, cfg = _child_run(setting_json)
     cfg.log.checkpoint_every = 0
 
@@ -497,10 +468,6 @@ def window_ratio(update_s: list[list[float]]) -> dict:
 def _memory_child(setting_json: str) -> dict:
     """RSS (and, on CUDA, the memory allocated on the device) at epoch 0, after the warm-up and every 20
     epochs over a long run (memory must stay flat)."""
-    import torch
-
-    from ..train.loop import train
-
     spec, cfg = _child_run(setting_json)
     device = bench_device()
     curve, gpu_curve = [], []
@@ -579,7 +546,6 @@ def run_bench(out: Path, *, epochs: int = 6, quick: bool = False, overrides: lis
                  "date": time.strftime("%Y-%m-%d"), "settings": [], "scaling": {}, "forward_rows": None,
                  "forward_mb": None,
                  "memory": None, "sde_window": None}
-    import torch
 
     device = bench_device()
     res["machine"].update({"torch": torch.__version__, "device": device.type if device.type != "cuda"
@@ -638,11 +604,7 @@ def run_bench(out: Path, *, epochs: int = 6, quick: bool = False, overrides: lis
         res["memory"] = _run_child(_with_epochs(spec(f"memory-{mem_epochs}", mem_cfg, mem_ov), mem_epochs),
                                    kind="memory")
     res["targets"] = [{"target": t, "measured": fig, "met": ok} for t, fig, ok in targets(res)]
-    from ..train.runlog import atomic_write_text
-
     atomic_write_text(out / "bench.json", json.dumps(res, indent=1))
-    from .figure import fig_bench
-
     fig_bench(res, out / "bench.png")  # after the JSON: a failing figure loses no measurement
     return res
 
@@ -655,8 +617,6 @@ def forward_memory_sweep(spec, budgets=FORWARD_MB, log=print) -> list[dict]:
     """toy-sd3-32px with ``train.max_forward_mb`` at each budget (no row bound): the measured MiB of saved
     activations per row, the rows per call it allows, update seconds and peak RSS. ``spec(name, config,
     overrides)`` makes a measurement's spec (as in :func:`run_bench`)."""
-    from ..train.forward_memory import rows_for_budget
-
     config, ov = SETTINGS["toy-sd3-32px"]
     ov = [o for o in ov if not o.startswith("train.max_forward")]
     out = []

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from .faults import fault_point
+
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "list_checkpoints", "latest_checkpoint",
            "optimizer_to_tensors", "optimizer_from_tensors"]
 
@@ -109,8 +111,6 @@ def save_checkpoint(run_dir: Path, epoch: int, *, trainable: dict[str, torch.Ten
 
 
 def _write_files(tmp: Path, epoch: int, *, trainable, optimizer, ema, state) -> None:
-    from .faults import fault_point
-
     save_file({k: v.detach().cpu().contiguous() for k, v in trainable.items()}, tmp / "trainable.safetensors")
     fault_point("checkpoint_write")
     opt_tensors, opt_structure = optimizer_to_tensors(optimizer)

@@ -8,6 +8,8 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
+from ..sharding import full_tensor, shard_like
+
 __all__ = ["EMA"]
 
 
@@ -28,13 +30,9 @@ class EMA:
 
     def state_dict(self) -> dict[str, Tensor]:
         """The shadow weights, whole (gathered when sharded: every process must call it)."""
-        from ..sharding import full_tensor
-
         return {str(i): full_tensor(s) for i, s in enumerate(self.shadow)}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        from ..sharding import shard_like
-
         if len(state) != len(self.shadow):
             raise ValueError(f"state: expected {len(self.shadow)} EMA tensors, got {len(state)}")
         with torch.no_grad():

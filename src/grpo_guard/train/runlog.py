@@ -9,6 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
+
+from .faults import fault_point
 
 __all__ = ["atomic_write_text", "to_jsonable", "MetricsLog", "save_image_grid", "RunLock", "RunDirError"]
 
@@ -61,8 +64,6 @@ class MetricsLog:
         return out
 
     def append(self, row: dict) -> None:
-        from .faults import fault_point
-
         fault_point("metrics_write")
         with open(self.path, "a") as f:
             f.write(json.dumps(to_jsonable(row), allow_nan=False) + "\n")
@@ -82,8 +83,6 @@ class MetricsLog:
 
 def save_image_grid(images: torch.Tensor, path: Path, nrow: int, labels: list[str] | None = None) -> None:
     """Save (N, C, H, W) images in [0, 1] as one PNG grid (atomically)."""
-    from PIL import Image
-
     n, c, h, w = images.shape
     ncol = nrow
     nrows = math.ceil(n / ncol)
