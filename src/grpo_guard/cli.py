@@ -1,4 +1,8 @@
-"""The ``grpo-guard`` command line: thin verbs that parse, call the library and print."""
+"""The ``grpo-guard`` command line: thin verbs that parse, call the library and print.
+
+Each verb imports what it runs inside its own function: torch, diffusers and the model code take seconds
+to import, which ``grpo-guard --help``, a usage error or ``grpo-guard prompts`` should not wait for.
+"""
 
 from __future__ import annotations
 
