@@ -11,8 +11,10 @@ from grpo_guard.train.loop import train
 
 @pytest.mark.slow
 def test_monitor_flags_a_real_hacking_run_and_keeps_the_best_gold_weights(tmp_path):
-    cfg = load_config("flow_grpo", [*FULL_WORLD, "seed=0", f"cache_dir={tmp_path / 'cache'}", "log.progress=false",
-                                    "train.grad_norm_every=0", "log.image_every=0"])
+    # patience 1: the monitor fires at the first evaluation 10% below the best gold while the proxy still rises
+    # (in this 50-epoch run the gold crosses that line at the last evaluation, epoch 49)
+    cfg = load_config("flow_grpo", [*FULL_WORLD, "seed=0", f"cache_dir={tmp_path / 'cache'}", "monitor.patience=1",
+                                    "log.progress=false", "train.grad_norm_every=0", "log.image_every=0"])
     run = train(cfg, tmp_path / "run", log=lambda *_: None)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if r.get("gold_normalized_avg") is not None]

@@ -90,21 +90,21 @@ def test_sigkill_at_random_moments_then_resume_equals_the_uninterrupted_run(worl
         run = tmp_path / f"killed{trial}"
         kills = []
         cmd = _command(world, run, cache, epochs, *ckpt)
-        for attempt in range(6):  # kill, resume, kill again: until a run completes
+        for attempt in range(3):  # killed at a random moment twice (if still running then), then left to finish
             proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            delay = rng.uniform(2.0, 9.0)
+            delay = rng.uniform(2.0, 9.0) if attempt < 2 else None
             try:
-                proc.wait(timeout=delay)
+                _, err = proc.communicate(timeout=delay if delay is not None else 600)
             except subprocess.TimeoutExpired:
                 proc.send_signal(signal.SIGKILL)
-                proc.wait()
+                proc.communicate()
                 kills.append(round(delay, 2))
-            if proc.returncode == 0:
+            else:
+                assert proc.returncode == 0, err[-2000:]
                 break
             if (run / "config.yaml").is_file():  # killed after the run started: resume it
                 cmd = [sys.executable, "-m", "grpo_guard", "train", "--resume", str(run)]
-        else:
-            raise AssertionError(f"the run did not complete after kills at {kills} s")
+        assert (run / "summary.json").is_file(), f"the run did not complete (kills at {kills} s)"
         assert _metrics(run) == want, f"killed at {kills} s after each start, then resumed"
 
 
