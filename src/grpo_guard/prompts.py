@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 from .seeding import derive_generator
+from .world.data import NUM_CLASSES, prompt_for_label
 
-__all__ = ["PromptSet", "PROMPT_SOURCES", "load_prompt_set", "load_prompts", "read_prompt_jsonl",
-           "draw_epoch_indices", "draw_epoch_prompts"]
+__all__ = ["PromptSet", "PROMPT_SOURCES", "load_prompt_set", "read_prompt_jsonl", "draw_epoch_indices"]
 
 PROMPT_SOURCES = ("digits", "file", "jsonl")
 
@@ -43,7 +43,7 @@ class PromptSet:
         return [self.texts[i] for i in indices], [dict(self.metadata[i]) for i in indices]
 
 
-def _read_text(path: str | None, source: str) -> tuple[Path, str]:
+def _read_text(path: str | Path | None, source: str) -> tuple[Path, str]:
     if not path:
         raise ValueError(f"prompts.path: required for prompt source {source!r}")
     p = Path(path).expanduser()
@@ -55,10 +55,10 @@ def _read_text(path: str | None, source: str) -> tuple[Path, str]:
         raise ValueError(f"prompts.path: {path} is not UTF-8 text") from None
 
 
-def read_prompt_jsonl(path: str | Path) -> PromptSet:
+def read_prompt_jsonl(path: str | Path | None) -> PromptSet:
     """Read a JSONL prompt file (see the module docstring). Blank lines are skipped; any other line that is
     not a JSON object with a non-empty ``prompt`` string is an error naming the file and the line."""
-    p, text = _read_text(str(path), "jsonl")
+    p, text = _read_text(path, "jsonl")
     texts, metadata = [], []
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -83,8 +83,6 @@ def read_prompt_jsonl(path: str | Path) -> PromptSet:
 def load_prompt_set(source: str, path: str | None = None) -> PromptSet:
     """All prompts of a source, with their metadata (see the module docstring)."""
     if source == "digits":
-        from .world.data import NUM_CLASSES, prompt_for_label
-
         return PromptSet([prompt_for_label(d) for d in range(NUM_CLASSES)], [{"label": d} for d in range(NUM_CLASSES)])
     if source == "file":
         p, text = _read_text(path, source)
@@ -93,14 +91,8 @@ def load_prompt_set(source: str, path: str | None = None) -> PromptSet:
             raise ValueError(f"prompts.path: {path} holds no prompts")
         return PromptSet(prompts, [{} for _ in prompts])
     if source == "jsonl":
-        _read_text(path, source)
         return read_prompt_jsonl(path)
     raise ValueError(f"prompts.source: unknown prompt source {source!r}; expected one of {', '.join(PROMPT_SOURCES)}")
-
-
-def load_prompts(source: str, path: str | None = None, attributes: bool = False) -> list[str]:
-    """The texts of :func:`load_prompt_set` (``attributes`` is accepted for compatibility and unused)."""
-    return load_prompt_set(source, path).texts
 
 
 def draw_epoch_indices(num_prompts: int, num: int, seed: int, epoch: int) -> list[int]:
@@ -113,7 +105,3 @@ def draw_epoch_indices(num_prompts: int, num: int, seed: int, epoch: int) -> lis
         idx = torch.randint(num_prompts, (num,), generator=g)
     return idx.tolist()
 
-
-def draw_epoch_prompts(prompts: list, num: int, seed: int, epoch: int) -> list:
-    """The items of ``prompts`` at :func:`draw_epoch_indices`."""
-    return [prompts[i] for i in draw_epoch_indices(len(prompts), num, seed, epoch)]

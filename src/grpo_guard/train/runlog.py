@@ -8,12 +8,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
 from .faults import fault_point
 
-__all__ = ["atomic_write_text", "to_jsonable", "MetricsLog", "save_image_grid", "RunLock", "RunDirError"]
+__all__ = ["atomic_write_text", "to_jsonable", "MetricsLog", "image_grid", "save_image_grid", "RunLock", "RunDirError"]
 
 
 class RunDirError(RuntimeError):
@@ -81,8 +82,9 @@ class MetricsLog:
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
-def save_image_grid(images: torch.Tensor, path: Path, nrow: int, labels: list[str] | None = None) -> None:
-    """Save (N, C, H, W) images in [0, 1] as one PNG grid (atomically)."""
+def image_grid(images: torch.Tensor, nrow: int) -> np.ndarray:
+    """(N, C, H, W) images in [0, 1] tiled ``nrow`` to a row on a white background with 1-pixel gaps:
+    uint8 (H', W', C)."""
     n, c, h, w = images.shape
     ncol = nrow
     nrows = math.ceil(n / ncol)
@@ -91,7 +93,13 @@ def save_image_grid(images: torch.Tensor, path: Path, nrow: int, labels: list[st
     for i in range(n):
         r, col = divmod(i, ncol)
         grid[:, pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = images[i]
-    arr = (grid.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return (grid.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def save_image_grid(images: torch.Tensor, path: Path, nrow: int, labels: list[str] | None = None) -> None:
+    """Save (N, C, H, W) images in [0, 1] as one PNG grid (:func:`image_grid`, atomically)."""
+    h, c = images.shape[2], images.shape[1]
+    arr = image_grid(images, nrow)
     img = Image.fromarray(arr[:, :, 0] if c == 1 else arr)
     scale = max(1, 256 // max(h, 1))
     if scale > 1:

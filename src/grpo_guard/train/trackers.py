@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import RunConfig, config_to_dict
+from .runlog import image_grid
 
 __all__ = ["TRACKERS", "TrackerError", "Trackers", "require_trackers", "start_trackers", "flatten_row"]
 
@@ -131,7 +132,9 @@ class Trackers:
         """``images`` (N, C, H, W) in [0, 1], tiled ``nrow`` per row as in the saved PNG grid."""
         if not self.trackers:
             return
-        grid = _tile(images, nrow)
+        grid = image_grid(images.detach().float().cpu(), nrow)  # the saved PNG grid's layout
+        if grid.shape[2] == 1:
+            grid = np.repeat(grid, 3, axis=2)
         for t in self.trackers:
             t.image(name, grid, step)
 
@@ -139,18 +142,6 @@ class Trackers:
         for t in self.trackers:
             t.close()
         self.trackers = []
-
-
-def _tile(images, nrow: int) -> np.ndarray:
-    x = images.detach().float().clamp(0, 1).cpu().numpy()
-    n, c, h, w = x.shape
-    rows = math.ceil(n / nrow)
-    grid = np.ones((rows * h, nrow * w, 3), dtype=np.float32)
-    for i in range(n):
-        r, col = divmod(i, nrow)
-        tile = x[i].transpose(1, 2, 0)
-        grid[r * h:(r + 1) * h, col * w:(col + 1) * w] = tile if c == 3 else np.repeat(tile[..., :1], 3, axis=2)
-    return (grid * 255).round().astype(np.uint8)
 
 
 _MAKERS = {"tensorboard": _TensorBoard, "wandb": _WandB}
