@@ -52,3 +52,49 @@ def tiny_clip_tokenizer():
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+
+def save_tiny_clip(path, *, proj: int = 16, side: int = 32, seed: int = 0, logit_scale: float | None = None):
+    """A tiny random ``CLIPModel`` (2 layers, width 32, ``side`` px input, ``proj``-dim projection) and its
+    tokenizer, saved with ``save_pretrained`` into ``path``; returns ``(path, model, tokenizer)``."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    tok = tiny_clip_tokenizer()
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=tok.bos_token_id,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=side, patch_size=8),
+        projection_dim=proj)
+    torch.manual_seed(seed)
+    model = CLIPModel(cfg).eval()
+    if logit_scale is not None:
+        with torch.no_grad():
+            model.logit_scale.fill_(logit_scale)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path, model, tok
+
+
+def save_tiny_mask2former(path, *, queries: int = 10, seed: int = 0):
+    """A tiny random ``Mask2FormerForUniversalSegmentation`` (the architecture of the COCO instance
+    checkpoints: a Swin backbone, pixel decoder, masked-attention decoder; shrunk widths and depths) with the
+    80 COCO classes as labels, saved into ``path``; returns ``(path, model)``."""
+    import torch
+    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, SwinConfig
+
+    from grpo_guard.prompt_sets import COCO_CLASSES
+
+    swin = SwinConfig(image_size=64, patch_size=4, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2],
+                      window_size=4, out_features=["stage1", "stage2", "stage3", "stage4"])
+    cfg = Mask2FormerConfig(backbone_config=swin, num_labels=len(COCO_CLASSES), num_queries=queries, hidden_dim=32,
+                            mask_feature_size=32, feature_size=32, encoder_feedforward_dim=64, dim_feedforward=64,
+                            encoder_layers=1, decoder_layers=2, num_attention_heads=2,
+                            id2label=dict(enumerate(COCO_CLASSES)),
+                            label2id={c: i for i, c in enumerate(COCO_CLASSES)})
+    torch.manual_seed(seed)
+    model = Mask2FormerForUniversalSegmentation(cfg).eval()
+    model.save_pretrained(path)
+    return path, model

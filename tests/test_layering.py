@@ -13,9 +13,9 @@ ROOT = Path(grpo_guard.__file__).resolve().parent
 #: from a lower one. ``world`` holds the toy worlds' model code; backbones and rewards plug it in.
 LAYERS = [
     {"core", "seeding", "errors", "registry", "malloc"},
-    {"config", "image_stats", "sharding"},
+    {"config", "image_stats", "sharding", "prompt_sets"},  # prompt_sets: GenEval's vocabulary, used by rewards
     {"world"},
-    {"backbones", "rewards", "prompts", "prompt_sets"},
+    {"backbones", "rewards", "prompts"},
     {"train"},
     {"parallel"},
     {"study", "bench", "report", "demo", "mechanism"},

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import tiny_clip_tokenizer
+from helpers import save_tiny_clip
 
 from grpo_guard.rewards import REWARDS, RewardContext, build_reward
 from grpo_guard.rewards.clip_rewards import CLIP_MEAN, CLIP_STD, RewardUnavailable, clip_preprocess
@@ -37,25 +37,9 @@ def _ctx(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
-    """(directory, model) of a tiny random CLIP + its tokenizer, saved with save_pretrained."""
-    from transformers import CLIPConfig, CLIPModel
-
-    tok = tiny_clip_tokenizer()
-    cfg = CLIPConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=tok.bos_token_id,
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=SIDE, patch_size=8),
-        projection_dim=PROJ)
-    torch.manual_seed(0)
-    model = CLIPModel(cfg).eval()
-    with torch.no_grad():
-        model.logit_scale.fill_(4.0)  # exp = 54.6, so that the scale is really used
-    path = tmp_path_factory.mktemp("tiny_clip")
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path, model, tok
+    """(directory, model, tokenizer) of a tiny random CLIP saved with save_pretrained; logit scale exp(4) = 54.6,
+    so that the scale is really used."""
+    return save_tiny_clip(tmp_path_factory.mktemp("tiny_clip"), proj=PROJ, side=SIDE, logit_scale=4.0)
 
 
 def _smooth(b=4, side=SIDE, c=3, seed=0):

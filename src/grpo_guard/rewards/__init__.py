@@ -21,6 +21,8 @@ REWARDS: dict[str, str] = {
     "imagereward": "grpo_guard.rewards.imagereward:make_imagereward",
     "hpsv2": "grpo_guard.rewards.hpsv2:make_hpsv2",
     "ocr": "grpo_guard.rewards.ocr:make_ocr",
+    "geneval": "grpo_guard.rewards.geneval:make_geneval",
+    "geneval_strict": "grpo_guard.rewards.geneval:make_geneval_strict",
 }
 
 #: evaluator name -> "module:constructor"; constructor(params: dict, ctx: RewardContext) -> Evaluator
