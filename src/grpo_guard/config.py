@@ -99,7 +99,12 @@ class TrainConfig:
     adv_std: str = "group"
     adv_eps: float = 1e-4
     adv_clip_max: float = 5.0
-    ema_decay: float = 0.0  # 0 disables EMA of the trainable weights
+    ema_decay: float = 0.0  # 0 disables EMA of the trainable weights (evaluation and export then use them)
+    ema_every: int = 1  # optimizer steps between EMA updates (Flow-GRPO: 0.9 every 8)
+    # drop the samples of groups whose rewards have no spread (advantages all 0) from the update, as Flow-GRPO
+    # does: the loss is the mean over the others (the KL too); some are kept back when needed so that every
+    # process trains the same number of samples, a multiple of updates_per_epoch
+    drop_zero_advantage: bool = False
     mixed_precision: str = "no"  # "no" | "bf16" | "fp16"
     # torch's deterministic algorithms (and, on CUDA, cuBLAS's fixed workspace): the same seed gives the same
     # run on a GPU too, at a speed cost; on the CPU runs are reproducible without it (docs/reliability.md)
@@ -125,9 +130,14 @@ class RewardSpec:
 
 @dataclass
 class EvalConfig:
-    """Evaluation on a fixed prompt set with fixed noise, with the training SDE sampler."""
+    """Evaluation on a fixed prompt set with fixed noise: the training SDE sampler by default (an exploit
+    learned through the SDE need not transfer to the ODE), or the deterministic ODE sampler with its own
+    steps and guidance (the paper's protocol: ODE, 40 steps, CFG 4.5)."""
 
     every: int = 1  # epochs; 0 disables
+    sampler: str = "sde"  # "sde" (sample.noise_level on the SDE window) or "ode"
+    num_steps: int = 0  # 0: sample.num_steps
+    guidance_scale: float | None = None  # None: sample.guidance_scale
     samples_per_prompt: int = 16
     evaluator: str | None = "toy_gold"  # set-level gold metrics (e.g. Frechet distance)
     evaluator_params: dict[str, Any] = field(default_factory=dict)
@@ -226,6 +236,12 @@ class RunConfig:
             need(Path(self.prompts.path).expanduser().is_file(), "prompts.path", f"no such file: {self.prompts.path}")
         need(self.eval.every >= 0, "eval.every", "must be >= 0")
         need(self.eval.samples_per_prompt >= 1, "eval.samples_per_prompt", "must be >= 1")
+        need(self.eval.sampler in ("sde", "ode"), "eval.sampler", "must be 'sde' or 'ode'")
+        need(self.eval.num_steps >= 0, "eval.num_steps", "must be >= 0 (0: sample.num_steps)")
+        need(self.eval.guidance_scale is None or self.eval.guidance_scale >= 0, "eval.guidance_scale", "must be >= 0")
+        need(self.eval.sampler == "ode" or self.eval.num_steps in (0, s.num_steps), "eval.num_steps",
+             "the SDE sampler evaluates on the training grid: set eval.sampler=ode for another step count")
+        need(t.ema_every >= 1, "train.ema_every", "must be >= 1")
         need(0 < self.monitor.drop < 1, "monitor.drop", "must be in (0, 1)")
         need(self.log.keep_checkpoints >= 1, "log.keep_checkpoints", "must be >= 1")
         for t in self.log.trackers:

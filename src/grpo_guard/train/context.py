@@ -56,6 +56,7 @@ class RunState:
     # the on-policy check's max |log ratio| at the run's first finite update (a resumed run checks again
     # but logs it only once, so that its metrics equal the uninterrupted run's)
     preflight_max_abs_log_ratio: float | None = None
+    ema_steps: int = 0  # optimizer steps the EMA has counted (train.ema_every)
 
 
 @dataclass
@@ -153,7 +154,7 @@ def build_context(cfg: RunConfig, out: Path, accelerator, log, stop: StopRequest
     if not params:
         raise ValueError("backbone: has no trainable parameters")
     optimizer = build_optimizer(params, t)
-    ema = EMA(params, t.ema_decay) if t.ema_decay > 0 else None
+    ema = EMA(params, t.ema_decay, t.ema_every) if t.ema_decay > 0 else None
     if sharded:  # FSDP2 reduce-scatters the gradients itself: no DDP wrapper around the backbone
         model, optimizer = backbone, accelerator.prepare(optimizer)
     else:
@@ -182,6 +183,8 @@ def _restore(ctx: RunContext) -> None:
     if ctx.ema is not None and loaded["ema"] is not None:
         ctx.ema.load_state_dict(loaded["ema"])
     ctx.state = RunState(**loaded["state"])
+    if ctx.ema is not None:
+        ctx.ema.steps = ctx.state.ema_steps
     ctx.monitor.load_state_dict(ctx.state.monitor)
     if ctx.is_main:
         ctx.metrics.truncate_before(ctx.state.epoch)
@@ -192,6 +195,7 @@ def save_checkpoint_of(ctx: RunContext, epoch: int) -> None:
     """Checkpoint ``epoch`` completed epochs: trainable weights, optimizer, EMA and :class:`RunState`
     (every process takes part when the weights are sharded; the main process writes)."""
     ctx.state.monitor = ctx.monitor.state_dict()
+    ctx.state.ema_steps = ctx.ema.steps if ctx.ema is not None else 0
     if ctx.is_main or ctx.sharded:  # sharded weights: every process takes part in gathering them
         trainable, opt_state = ctx.backbone.trainable_state_dict(), full_optimizer_state(ctx.optimizer)
         ema_state = ctx.ema.state_dict() if ctx.ema is not None else None

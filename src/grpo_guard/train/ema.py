@@ -14,17 +14,26 @@ __all__ = ["EMA"]
 
 
 class EMA:
-    """``shadow = decay * shadow + (1 - decay) * param`` after every optimizer step."""
+    """``shadow = decay * shadow + (1 - decay) * param`` after every ``every``-th optimizer step (Flow-GRPO's
+    EMA: decay 0.9 every 8 steps). ``steps`` counts the optimizer steps seen (kept in the run's state, so that
+    a resumed run updates on the same steps)."""
 
-    def __init__(self, params: Sequence[nn.Parameter], decay: float):
+    def __init__(self, params: Sequence[nn.Parameter], decay: float, every: int = 1):
         if not 0 < decay < 1:
             raise ValueError(f"decay: must be in (0, 1), got {decay}")
+        if every < 1:
+            raise ValueError(f"every: must be >= 1, got {every}")
         self.params = list(params)
-        self.decay = decay
+        self.decay, self.every = decay, every
+        self.steps = 0
         self.shadow = [p.detach().clone() for p in self.params]
 
     @torch.no_grad()
     def update(self) -> None:
+        """Count one optimizer step; move the shadow weights when the count is a multiple of ``every``."""
+        self.steps += 1
+        if self.steps % self.every:
+            return
         for s, p in zip(self.shadow, self.params):
             s.lerp_(p.detach(), 1 - self.decay)
 

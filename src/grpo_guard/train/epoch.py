@@ -193,10 +193,16 @@ def update_batch(ctx: RunContext, batch: EpochBatch, traj: Trajectory, advantage
     if t.grad_norm_every and batch.epoch % t.grad_norm_every == 0:
         n_meas = torch.arange(min(t.grad_norm_samples, len(batch)))
         step_norms = measure_step_grad_norms(ctx.backbone, traj, batch.cond, advantages, settings, n_meas)
-    result = update_policy(model=ctx.model, backbone=ctx.backbone, optimizer=ctx.optimizer,
-                           accelerator=ctx.accelerator, traj=traj, cond=batch.cond, advantages=advantages,
-                           local_orders=[torch.arange(len(batch))] * t.inner_epochs, settings=settings,
-                           after_step=ctx.ema.update if ctx.ema is not None else None)
+    order = update_order(ctx, advantages) if t.drop_zero_advantage else torch.arange(len(batch))
+    if order.numel():
+        result = update_policy(model=ctx.model, backbone=ctx.backbone, optimizer=ctx.optimizer,
+                               accelerator=ctx.accelerator, traj=traj, cond=batch.cond, advantages=advantages,
+                               local_orders=[order] * t.inner_epochs, settings=settings,
+                               after_step=ctx.ema.update if ctx.ema is not None else None)
+    else:  # every group without reward spread: nothing to learn from this batch
+        result = UpdateResult()
+    if t.drop_zero_advantage:
+        result.scalars["trained_samples"] = float(order.numel() * ctx.world)
     ctx.preflight_pending = result.preflight_max_abs_log_ratio is None and ctx.preflight_pending
     if result.forward_bytes_per_row is not None:
         st.forward_bytes_per_row = result.forward_bytes_per_row
@@ -222,6 +228,30 @@ def update_batch(ctx: RunContext, batch: EpochBatch, traj: Trajectory, advantage
     return result, step_norms
 
 
+def kept_positions(advantages: Tensor, count: int) -> Tensor:
+    """The local positions an update trains when zero-advantage samples are dropped: every sample with a
+    nonzero advantage, then zero-advantage ones in order until ``count`` (when there are fewer nonzero ones
+    than ``count``), in batch order: (min(count, B) or more,) long. ``count`` is chosen by the caller so that
+    every process trains as many samples (:func:`update_order`)."""
+    nonzero = advantages != 0
+    extra = max(0, count - int(nonzero.sum()))
+    zeros = torch.nonzero(~nonzero).flatten()[:extra]
+    return torch.sort(torch.cat([torch.nonzero(nonzero).flatten(), zeros])).values.cpu()
+
+
+def update_order(ctx: RunContext, advantages: Tensor) -> Tensor:
+    """``train.drop_zero_advantage``: the positions this process trains. The count is the largest number of
+    nonzero-advantage samples on any process, rounded up to a multiple of ``updates_per_epoch`` (within the
+    local batch), so that every process makes the same optimizer updates with equal minibatches; 0 when no
+    sample has an advantage."""
+    n = torch.tensor([int((advantages != 0).sum())], device=ctx.device)
+    if ctx.world > 1:
+        n = ctx.accelerator.reduce(n, reduction="max")
+    k, per = int(n), ctx.cfg.train.updates_per_epoch
+    count = min(-(-k // per) * per, len(advantages))
+    return kept_positions(advantages, count) if k else torch.zeros(0, dtype=torch.long)
+
+
 def _log_forward_bound(ctx: RunContext, bytes_per_row: float) -> None:
     t = ctx.cfg.train
     if not ctx.is_main:
@@ -240,7 +270,8 @@ def update_row(ctx: RunContext, proxy: Tensor, adv: GroupAdvantages, values: dic
     and clip statistics of the off-policy entries (gathered over the processes)."""
     row = {"proxy_reward_mean": float(proxy.mean()), "proxy_reward_std": float(proxy.std(unbiased=False)),
            "zero_spread_groups": int(adv.zero_spread_groups), "lr": ctx.optimizer.param_groups[0]["lr"],
-           "grad_norm": sum(result.grad_norm_total) / len(result.grad_norm_total), **result.scalars}
+           "grad_norm": sum(result.grad_norm_total) / len(result.grad_norm_total) if result.grad_norm_total else None,
+           **result.scalars}
     if result.forward_bytes_per_row is not None:
         row["forward_mb_per_row"] = result.forward_bytes_per_row / 2**20
     if result.skipped_updates:

@@ -1,10 +1,12 @@
-"""Evaluation on a fixed prompt set with fixed noise, with the training SDE sampler.
+"""Evaluation on a fixed prompt set with fixed noise.
 
 Every prompt of the run's prompt source is sampled ``samples_per_prompt`` times with noise that
 depends only on (seed, sample index), so successive evaluations of a run, and runs with different
 methods but the same seed, see the same initial noise. Proxy rewards, gold rewards and the gold
-evaluator's set-level metrics are computed on the decoded images. (The SDE sampler is used because
-an exploit learned through the SDE need not transfer to ODE sampling: pilot 2.)
+evaluator's set-level metrics are computed on the decoded images. The sampler is ``eval.sampler``: the
+training SDE by default (an exploit learned through the SDE need not transfer to ODE sampling, as the
+toy worlds showed), or the deterministic ODE with ``eval.num_steps`` steps and ``eval.guidance_scale``,
+the paper's protocol for the GPU recipes.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from ..rewards import weighted_sum
 from .rollout import per_sample_noise, rollout
 from .schedule import StepSchedule
 
-__all__ = ["evaluate_policy", "normalise_gold", "EvaluationRewardError"]
+__all__ = ["evaluate_policy", "eval_sampler", "normalise_gold", "EvaluationRewardError"]
 
 
 class EvaluationRewardError(RuntimeError):
@@ -46,10 +48,10 @@ def evaluate_policy(backbone, cfg: RunConfig, all_prompts: PromptSet | list[str]
     local = list(range(rank, len(eval_prompts), world))
     if world > 1:  # equal shares, padded with copies: every process makes the same model calls (sharded
         local += [local[0]] * (math.ceil(len(eval_prompts) / world) - len(local))  # weights need it)
-    schedule = StepSchedule.from_config(s, backbone.sigmas(s.num_steps, s.shift), [])
+    schedule, guidance = eval_sampler(cfg, backbone)
     cond = backbone.encode_unique_prompts([eval_prompts[i] for i in local])
-    noise = per_sample_noise(cfg.seed, "eval", 0, local, s.num_steps + 1, backbone.latent_shape)
-    velocity = lambda x, sig, c: backbone(x, sig, c, s.guidance_scale)  # noqa: E731
+    noise = per_sample_noise(cfg.seed, "eval", 0, local, schedule.num_steps + 1, backbone.latent_shape)
+    velocity = lambda x, sig, c: backbone(x, sig, c, guidance)  # noqa: E731
     traj = rollout(velocity, cond, noise, schedule, batch_size=s.batch_size, device=device)
     images = backbone.decode(traj.final).float()
     if world > 1:  # gather, put back in sample order (the first copy of each sample)
@@ -87,6 +89,18 @@ def evaluate_policy(backbone, cfg: RunConfig, all_prompts: PromptSet | list[str]
         for k, v in gold.items():
             res[f"gold/{k}"] = float(v)
     return res, images
+
+
+def eval_sampler(cfg: RunConfig, backbone) -> tuple[StepSchedule, float]:
+    """The evaluation's ``(schedule, guidance scale)``: the training SDE grid (``eval.sampler: sde``) or the
+    ODE (no stochastic step) over ``eval.num_steps`` steps (0: the training count), at
+    ``eval.guidance_scale`` (None: the training one)."""
+    s, e = cfg.sample, cfg.eval
+    guidance = s.guidance_scale if e.guidance_scale is None else e.guidance_scale
+    steps = e.num_steps or s.num_steps
+    if e.sampler == "ode":
+        return StepSchedule(backbone.sigmas(steps, s.shift), [], [], s.noise_level, s.sde_type), guidance
+    return StepSchedule.from_config(s, backbone.sigmas(s.num_steps, s.shift), []), guidance
 
 
 def normalise_gold(res: dict, base: dict | None, evaluator, gold_rewards: tuple[str, ...] = ()) -> dict:

@@ -37,7 +37,7 @@ from .schedule import StepSchedule
 
 __all__ = ["PreflightError", "clip_grad_norm_", "UpdateSettings", "UpdateResult", "update_policy",
            "measure_step_grad_norms", "StepBatch", "gather_step_batch", "step_batch_loss",
-           "forward_chunks", "step_chunks", "row_bound", "build_optimizer"]
+           "forward_chunks", "compat_chunks", "step_chunks", "row_bound", "build_optimizer"]
 
 PREFLIGHT_HELP = (
     "the on-policy importance ratio is not 1 before the first update (max |log r| = {value:.3g} > "
@@ -172,6 +172,17 @@ def forward_chunks(idx: Tensor, num_steps: int, rows_per_sample: int, max_rows: 
         return [(idx, js) for js in step_chunks(num_steps, n * rows_per_sample, max_rows)]
     per = max(1, max_rows // rows_per_sample)
     return [(idx[a:a + per], [j]) for j in range(num_steps) for a in range(0, n, per)]
+
+
+def compat_chunks(idx: Tensor, num_steps: int, rows_per_sample: int, max_rows: int) -> list[tuple[Tensor, list[int]]]:
+    """The forward calls of ``loss.official_compat``, as the official GRPO-Guard script makes them: one
+    trained step of one micro-batch of samples per call, micro-batch by micro-batch, step by step. The
+    micro-batch is ``max_rows // rows_per_sample`` samples (the official ``train.batch_size``; with CFG,
+    ``max_forward_rows = 2 x`` it), the whole minibatch when ``max_rows`` is 0. The compat ratio's
+    batch-averaged terms are averaged over exactly these calls."""
+    n = idx.numel()
+    per = n if max_rows <= 0 else max(1, max_rows // rows_per_sample)
+    return [(idx[a:a + per], [j]) for a in range(0, n, per) for j in range(num_steps)]
 
 
 def row_bound(max_rows: int, max_mb: float, bytes_per_row: float | None) -> int:
@@ -344,9 +355,9 @@ def _minibatch_gradients(model, backbone: Backbone, accelerator, traj: Trajector
     t_count, n = traj.step_indices.numel(), idx.numel()
     cfg_copies = 1 if s.guidance_scale == 1 else 2
     bytes_per_row = s.forward_bytes_per_row if result.forward_bytes_per_row is None else result.forward_bytes_per_row
-    # official_compat's ratio terms are batch means that assume one step of the minibatch per call
-    bound = 0 if s.loss.official_compat else row_bound(s.max_forward_rows, s.max_forward_mb, bytes_per_row)
-    chunks = forward_chunks(idx, t_count, cfg_copies, bound)
+    bound = row_bound(s.max_forward_rows, s.max_forward_mb, bytes_per_row)
+    chunks = (compat_chunks(idx, t_count, cfg_copies, bound) if s.loss.official_compat
+              else forward_chunks(idx, t_count, cfg_copies, bound))
     worst = None
     for ci, (sub, js) in enumerate(chunks):
         sync = nullcontext() if ci == len(chunks) - 1 else accelerator.no_sync(model)
