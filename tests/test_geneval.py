@@ -394,3 +394,44 @@ def test_tiny_sd3_trains_with_geneval_behind_the_reward_server(models, tmp_path)
     _check_calls(rows)
     ms = _metrics(tmp_path / "run")
     assert [m["epoch"] for m in ms] == [0, 1] and all(0 <= m["reward/remote_mean"] <= 1 for m in ms)
+
+
+def test_eval_with_the_papers_protocol_writes_the_geneval_table(models, tmp_path, monkeypatch, capsys):
+    from grpo_guard.cli import main
+
+    rows = geneval_prompts(12, seed=2, split="all")
+    path = write_jsonl(rows, tmp_path / "geneval.jsonl")
+    params = json.dumps(_params(models, threshold=0.0, counting_threshold=0.0))
+    cfg = _sd3_cfg(tmp_path, path, f"[{{name: geneval, params: {params}}}]")
+    cfg.train.epochs, cfg.eval.every = 1, 0
+    run = train(cfg, tmp_path / "run", log=lambda *_: None)
+    ckpt = sorted((run / "checkpoints").iterdir())[-1]
+    test = write_jsonl(geneval_prompts(12, seed=5, split="all"), tmp_path / "test.jsonl")
+    capsys.readouterr()
+    assert main(["eval", str(ckpt), "--protocol", "paper", "--prompts", str(test)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    table = json.loads((run / "paper_eval.json").read_text())
+    assert out["paper_table"] == table and table["images"] == 12 and table["tasks"] == ["GenEval"]
+    fams = {k: v for k, v in table["geneval"].items() if k != "overall"}
+    assert set(fams) == {json.loads(x)["tag"] for x in test.read_text().splitlines()}
+    assert table["geneval"]["overall"] == pytest.approx(sum(fams.values()) / len(fams))
+    assert all(0 <= v <= 1 for v in fams.values())
+    assert "| GenEval overall |" in (run / "paper_eval.md").read_text()
+    # the protocol samples with the ODE at 40 steps: the evaluation differs from the run's own (SDE, 3 steps)
+    assert main(["eval", str(ckpt), "--prompts", str(test)]) == 0
+    own = json.loads(capsys.readouterr().out)
+    assert own["eval/geneval_mean"] != out["eval/geneval_mean"]
+    assert main(["eval", str(ckpt), "--protocol", "paper"]) == 0  # the run's own prompts work too
+    capsys.readouterr()
+
+
+def test_paper_protocol_needs_a_paper_task(tmp_path, capsys):
+    from grpo_guard.cli import main
+    from tiny_backbone import tiny_cfg
+
+    run = train(tiny_cfg(tmp_path / "c", "train.epochs=1", "eval.every=0"), tmp_path / "run", log=lambda *_: None)
+    ckpt = sorted((run / "checkpoints").iterdir())[-1]
+    capsys.readouterr()
+    assert main(["eval", str(ckpt), "--protocol", "paper"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "hold none of the paper's tasks (geneval, ocr, pickscore)" in err and len(err.splitlines()) == 1

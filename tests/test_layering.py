@@ -18,7 +18,7 @@ LAYERS = [
     {"backbones", "rewards", "prompts"},
     {"train"},
     {"parallel"},
-    {"study", "bench", "report", "demo", "mechanism"},
+    {"study", "bench", "report", "demo", "mechanism", "plan"},
     {"cli", "__main__", ""},
 ]
 #: in these layers the parts are siblings that must not import each other

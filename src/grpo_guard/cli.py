@@ -249,19 +249,38 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from .config import ConfigError, load_config
+    from .plan import format_plan, plan_recipe
+
+    try:
+        cfg = load_config(args.config, args.set, check_files=False)
+        plan = plan_recipe(cfg, args.config, gpus=args.gpus, gpu_mem_gib=args.gpu_mem)
+    except (ConfigError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    print(json.dumps(plan.to_dict(), indent=1) if args.json else format_plan(plan))
+    return 0 if plan.fits else 1
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .train.checkpoint import CheckpointError
-    from .train.standalone import checkpoint_gold_lines, evaluate_checkpoint
+    from .train.standalone import checkpoint_gold_lines, evaluate_checkpoint, paper_table_markdown, run_dir_of
 
     try:
         result = evaluate_checkpoint(Path(args.checkpoint), samples_per_prompt=args.samples_per_prompt,
-                                     use_ema=not args.no_ema)
+                                     use_ema=not args.no_ema, protocol=args.protocol, prompts=args.prompts)
     except (FileNotFoundError, ValueError, CheckpointError) as e:
         raise UsageError(str(e)) from None
     text = json.dumps(result, indent=1)
     print(text)
     if args.out:
         _atomic_write_text(Path(args.out), text)
+    if args.protocol == "paper":  # the paper's table beside the run, as JSON and Markdown
+        run = run_dir_of(Path(args.checkpoint))
+        table = paper_table_markdown(result["paper_table"], Path(args.checkpoint))
+        _atomic_write_text(run / "paper_eval.json", json.dumps(result["paper_table"], indent=1))
+        _atomic_write_text(run / "paper_eval.md", table)
+        print(table + f"(written to {run / 'paper_eval.md'} and paper_eval.json)", file=sys.stderr)
     # the same gold lines as a run's summary, for a reader (stdout stays the JSON)
     for line in checkpoint_gold_lines(result, Path(args.checkpoint)):
         print(line, file=sys.stderr)
@@ -388,6 +407,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a config override applied to every measured run (e.g. cache_dir=/tmp/cache); repeatable")
     p.set_defaults(func=_cmd_bench)
 
+    p = sub.add_parser("plan", help="check that a GPU recipe fits its GPUs before any GPU hour is spent",
+                       description="Builds the recipe's transformer, VAE and text encoders from their published "
+                                   "configurations on the meta device (no weights downloaded), applies its LoRA, "
+                                   "and prints parameter counts and the per-rank memory of weights, optimizer "
+                                   "state, reward models, rollout and update, whether it fits, and the largest "
+                                   "train.max_forward_rows that does. Exit code 0 when it fits, 1 when not.")
+    p.add_argument("--config", required=True, help="a GPU recipe (e.g. sd35m_grpo_guard_ocr) or its YAML file")
+    p.add_argument("--gpus", type=int, default=1, help="GPUs (processes) the run uses (default 1)")
+    p.add_argument("--gpu-mem", type=float, default=80.0, metavar="GIB", help="memory of each GPU in GiB (default 80)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override (e.g. train.max_forward_rows=8); repeatable")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(func=_cmd_plan)
+
     from .rewards.server import add_serve_reward_parser
 
     add_serve_reward_parser(sub)
@@ -398,6 +431,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a checkpoint directory (RUN/checkpoints/epoch_N or RUN/best)")
     p.add_argument("--samples-per-prompt", type=int, default=None, help="override eval.samples_per_prompt")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights even when the checkpoint has EMA")
+    p.add_argument("--protocol", choices=("run", "paper"), default="run",
+                   help="run: as the run evaluated (default); paper: the ODE sampler at 40 steps, and the table "
+                        "the paper reports for the run's task (GenEval per family and overall, OCR accuracy, "
+                        "PickScore, the golds), written to RUN/paper_eval.md and .json")
+    p.add_argument("--prompts", help="evaluate on this prompt file (of the run's prompt source kind, e.g. the "
+                                     "test split) instead of the run's")
     p.add_argument("--out", help="also write the JSON here")
     p.set_defaults(func=_cmd_eval)
     _add_prompts_parser(sub)

@@ -179,8 +179,9 @@ class RunConfig:
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
-    def validate(self) -> None:
-        """Cross-field checks; raises ConfigError naming the key."""
+    def validate(self, check_files: bool = True) -> None:
+        """Cross-field checks; raises ConfigError naming the key. ``check_files=False`` skips the check that the
+        prompt file exists (for commands that read no prompt, such as ``plan``)."""
         from .core import RATIO_MODES, REDUCTIONS, SDE_TYPES, STD_MODES, STEP_WEIGHTS, parse_clip_range
 
         def need(cond: bool, key: str, msg: str) -> None:
@@ -231,7 +232,7 @@ class RunConfig:
         need(any(r.role == "proxy" for r in self.rewards), "rewards", "at least one reward must have role 'proxy'")
         need(len({r.name for r in self.rewards}) == len(self.rewards), "rewards", "reward names must be unique")
         need(self.prompts.source in ("digits", "file", "jsonl"), "prompts.source", "must be 'digits', 'file' or 'jsonl'")
-        if self.prompts.source in ("file", "jsonl"):
+        if self.prompts.source in ("file", "jsonl") and check_files:
             need(bool(self.prompts.path), "prompts.path", f"required when prompts.source is '{self.prompts.source}'")
             need(Path(self.prompts.path).expanduser().is_file(), "prompts.path", f"no such file: {self.prompts.path}")
         need(self.eval.every >= 0, "eval.every", "must be >= 0")
@@ -419,14 +420,16 @@ def _defaults_dict() -> dict:
     return config_to_dict(RunConfig())
 
 
-def load_config(name_or_path: str | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Load a built-in config by name (``configs/NAME.yaml``) or a YAML path, apply overrides, validate."""
+def load_config(name_or_path: str | None = None, overrides: list[str] | None = None, *,
+                check_files: bool = True) -> RunConfig:
+    """Load a built-in config by name (``configs/NAME.yaml``) or a YAML path, apply overrides, validate
+    (``check_files=False``: without requiring the prompt file)."""
     data = _read_yaml(name_or_path) if name_or_path else {}
     merged = _deep_merge(_defaults_dict(), data)
     # lists of dataclasses (rewards) are given whole in YAML; fill each entry's defaults
     merged = apply_overrides(merged, overrides or [])
     cfg = config_from_dict(RunConfig, merged)
-    cfg.validate()
+    cfg.validate(check_files)
     return cfg
 
 

@@ -120,6 +120,9 @@ class DiffusersBackbone(Backbone):
                                                         init_lora_weights="gaussian", target_modules=targets))
             except ValueError as e:
                 raise ValueError(f"backbone.params.lora_targets: {targets} do not fit this transformer ({e})") from None
+            for p in self.transformer.parameters():  # the LoRA weights and their AdamW state in float32, as
+                if p.requires_grad:                 # Flow-GRPO keeps them: bf16 would round small updates away
+                    p.data = p.data.float()
             self.reference_transformer = None
         if gradient_checkpointing:
             self.transformer.enable_gradient_checkpointing()

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["tiny_sd3_pipeline", "tiny_flux_pipeline", "save_tiny_pipeline"]
+__all__ = ["tiny_sd3_pipeline", "tiny_flux_pipeline", "save_tiny_pipeline", "clip_tokenizer", "t5_tokenizer"]
 
 
-def _clip_tokenizer(max_len: int = 77):
+def clip_tokenizer(max_len: int = 77):
     from tokenizers.pre_tokenizers import ByteLevel
     from transformers import CLIPTokenizer
 
@@ -32,7 +32,7 @@ def _clip_tokenizer(max_len: int = 77):
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_len)
 
 
-def _t5_tokenizer(max_len: int = 32):
+def t5_tokenizer(max_len: int = 32):
     from transformers import T5Tokenizer
 
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
@@ -88,9 +88,9 @@ def tiny_sd3_pipeline(seed: int = 0, heads: int = 4, head_dim: int = 16, layers:
                                    pos_embed_max_size=32, qk_norm="rms_norm", dual_attention_layers=(0,))
         pipe = StableDiffusion3Pipeline(
             transformer=tr, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=_vae(),
-            text_encoder=CLIPTextModelWithProjection(_clip_config()), tokenizer=_clip_tokenizer(),
-            text_encoder_2=CLIPTextModelWithProjection(_clip_config()), tokenizer_2=_clip_tokenizer(),
-            text_encoder_3=_t5_encoder(32), tokenizer_3=_t5_tokenizer())
+            text_encoder=CLIPTextModelWithProjection(_clip_config()), tokenizer=clip_tokenizer(),
+            text_encoder_2=CLIPTextModelWithProjection(_clip_config()), tokenizer_2=clip_tokenizer(),
+            text_encoder_3=_t5_encoder(32), tokenizer_3=t5_tokenizer())
     return _eval(pipe)
 
 
@@ -109,7 +109,7 @@ def tiny_flux_pipeline(seed: int = 0, heads: int = 2, head_dim: int = 16, layers
         sched = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
                                                 base_image_seq_len=256, max_image_seq_len=4096)
         pipe = FluxPipeline(transformer=tr, scheduler=sched, vae=_vae(), text_encoder=CLIPTextModel(_clip_config()),
-                            tokenizer=_clip_tokenizer(), text_encoder_2=_t5_encoder(32), tokenizer_2=_t5_tokenizer())
+                            tokenizer=clip_tokenizer(), text_encoder_2=_t5_encoder(32), tokenizer_2=t5_tokenizer())
     return _eval(pipe)
 
 
