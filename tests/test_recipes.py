@@ -241,3 +241,90 @@ def test_gpu_recipes_state_their_provenance_and_the_papers_protocol(name, tmp_pa
         assert cfg.backbone.params["max_sequence_length"] == 128 and cfg.eval.guidance_scale == 4.5
         guard = cfg.loss.ratio_mode == "ratio_norm"
         assert cfg.train.lr == (1e-4 if guard else 3e-4)
+
+
+# ---- DanceGRPO's sampling: random per-sample step subsets, one initial noise per group, Flux's static shift ----
+
+def _by_hand_plain_loss(bb, traj, cond, adv, sigmas, stored, positions, eps, a):
+    """Flow-GRPO's plain clipped loss averaged over each sample's own (sample, step) entries, from the SDE
+    formulas (method.md 2-3)."""
+    terms = []
+    for i in range(len(traj)):
+        for j in positions[i].tolist():
+            k = stored[j]
+            t, t_next = sigmas[k], sigmas[k + 1]
+            dt = t_next - t
+            x, x_next = traj.latents[i:i + 1, j], traj.next_latents[i:i + 1, j]
+            v = bb(x, t.expand(1), cond.index(torch.tensor([i])), 1.0)
+            denom = sigmas[1] if t >= 1 else t
+            sigma_t = a * torch.sqrt(t / (1 - denom))
+            mu = x + (v + sigma_t**2 / (2 * t) * (x + (1 - t) * v)) * dt
+            std = sigma_t * torch.sqrt(-dt)
+            lp = (-(x_next - mu) ** 2 / (2 * std**2) - torch.log(std) - 0.5 * math.log(2 * math.pi)).flatten(1).mean(1)
+            ratio = torch.exp(lp - traj.log_probs[i, j])
+            terms.append(torch.maximum(-adv[i] * ratio, -adv[i] * ratio.clamp(1 - eps, 1 + eps)))
+    return torch.cat(terms).mean()
+
+
+def test_random_step_subsets_train_each_samples_own_steps():
+    from grpo_guard.train.rollout import step_subsets
+
+    torch.manual_seed(1)
+    bb = TinyBackbone(hidden=32)
+    cond = bb.encode_prompts([f"p{i}" for i in range(4)])
+    sigmas = flow_sigmas(6, 3.0)
+    stored = list(range(6))
+    schedule = StepSchedule(sigmas, stored, stored, 0.7)
+    noise = per_sample_noise(0, "rollout", 0, range(4), 7, bb.latent_shape)
+    traj = rollout(lambda x, s, c: bb(x, s, c, 1.0), cond, noise, schedule, batch_size=4)
+    with torch.no_grad():
+        for p in bb.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    positions = step_subsets(0, 0, [0, 1, 2, 3], 6, 3)
+    assert positions.shape == (4, 3) and len({tuple(r) for r in positions.tolist()}) > 1  # samples differ
+    assert torch.equal(positions, step_subsets(0, 0, [0, 1, 2, 3], 6, 3))  # seeded per sample
+    assert torch.equal(step_subsets(0, 0, [2], 6, 3)[0], positions[2])  # independent of the other samples
+    adv = torch.tensor([1.0, -0.5, 0.7, -1.1])
+    settings = UpdateSettings(schedule=schedule, guidance_scale=1.0, loss=LossConfig(clip_range=2e-3),
+                              updates_per_epoch=1, inner_epochs=1, max_grad_norm=1e9, preflight_tol=None,
+                              max_forward_rows=5)  # calls of several slots and of slices of samples
+    opt = _Recorder(bb.parameters())
+    update_policy(model=bb, backbone=bb, optimizer=opt, accelerator=_Accelerator(), traj=traj, cond=cond,
+                  advantages=adv, local_orders=[torch.arange(4)], settings=settings, step_positions=positions)
+    ref = _by_hand_plain_loss(bb, traj, cond, adv, sigmas, stored, positions, 2e-3, 0.7)
+    for got, want in zip(opt.grads, torch.autograd.grad(ref, list(bb.parameters()))):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_group_initial_noise_is_shared_within_groups():
+    from grpo_guard.train.epoch import group_initial_noise
+
+    noise = group_initial_noise(0, 3, torch.tensor([0, 1, 2, 3, 4, 5]), 3, (1, 4, 4))
+    assert torch.equal(noise[0], noise[1]) and torch.equal(noise[1], noise[2])
+    assert not torch.equal(noise[2], noise[3]) and torch.equal(noise[3], noise[5])
+    assert torch.equal(group_initial_noise(0, 3, torch.tensor([4]), 3, (1, 4, 4))[0], noise[4])
+
+
+def test_flux_static_shift_follows_sample_shift():
+    from grpo_guard.backbones.flux import FluxBackbone
+    from grpo_guard.backbones.tiny_pipelines import tiny_flux_pipeline
+
+    static = FluxBackbone(tiny_flux_pipeline(), resolution=64, lora_rank=2, dynamic_shift=False)
+    torch.testing.assert_close(static.sigmas(16, 3.0), flow_sigmas(16, 3.0))
+    dynamic = FluxBackbone(tiny_flux_pipeline(), resolution=64, lora_rank=2)
+    assert not torch.allclose(dynamic.sigmas(16, 3.0), flow_sigmas(16, 3.0))
+    assert torch.equal(dynamic.sigmas(16, 3.0), dynamic.sigmas(16, 1.0))  # the dynamic shift ignores shift
+
+
+def test_a_dance_grpo_run_trains_random_subsets_of_every_step(tmp_path):
+    cfg = tiny_cfg(tmp_path / "c", "sample.sde_type=dance_grpo", "sample.noise_level=0.3", "sample.num_steps=8",
+                   "sample.same_initial_noise=true", "train.timestep_fraction=0.5", "train.timestep_sampling=random",
+                   "loss={ratio_mode: ratio_norm, step_weight: inv_dt, clip_range: 2.0e-6}", "train.epochs=2")
+    assert cfg.trained_step_indices() == list(range(8)) and cfg.steps_per_sample() == 4
+    run = train(cfg, tmp_path / "run", log=lambda *_: None)
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["preflight_max_abs_log_ratio"] <= 1e-5
+    assert rows[1]["trained_steps"] == list(range(8)) and len(rows[1]["step_stats"]["count"]) == 8
+    assert sum(rows[1]["step_stats"]["count"]) == 16 * 4 / 2  # the off-policy half: 8 samples x 4 own steps
+    with pytest.raises(ConfigError, match="official_compat"):
+        tiny_cfg(tmp_path / "c", "train.timestep_sampling=random", "loss.official_compat=true")

@@ -63,6 +63,7 @@ class SampleConfig:
     prompts_per_epoch: int = 8
     batch_size: int = 32  # samples per rollout forward call
     sde_window: list[int] | None = None  # [start, end): only these steps are stochastic and trained
+    same_initial_noise: bool = False  # the samples of a group start from one initial noise (DanceGRPO)
 
 
 @dataclass
@@ -95,7 +96,9 @@ class TrainConfig:
     # row on the run's first training call (grpo_guard.train.forward_memory); 0 = off. With
     # max_forward_rows also set, the smaller bound holds.
     max_forward_mb: float = 0.0
-    timestep_fraction: float = 0.99  # train the first int(K * fraction) steps (of the SDE window)
+    timestep_fraction: float = 0.99  # train int(K * fraction) steps of the SDE window's K ...
+    # ... the first ones ("first", Flow-GRPO), or a random subset drawn per sample and epoch ("random", DanceGRPO)
+    timestep_sampling: str = "first"
     adv_std: str = "group"
     adv_eps: float = 1e-4
     adv_clip_max: float = 5.0
@@ -216,6 +219,9 @@ class RunConfig:
         need(t.max_forward_mb >= 0 and math.isfinite(t.max_forward_mb), "train.max_forward_mb",
              "must be a finite number >= 0 (0: no memory bound)")
         need(0 < t.timestep_fraction <= 1, "train.timestep_fraction", "must be in (0, 1]")
+        need(t.timestep_sampling in ("first", "random"), "train.timestep_sampling", "must be 'first' or 'random'")
+        need(not (lo.official_compat and t.timestep_sampling == "random"), "loss.official_compat",
+             "averages over calls of one step: it needs train.timestep_sampling 'first'")
         need(t.adv_std in STD_MODES, "train.adv_std", f"must be one of {STD_MODES}")
         need(t.adv_clip_max > 0, "train.adv_clip_max", "must be > 0")
         need(0 <= t.ema_decay < 1, "train.ema_decay", "must be in [0, 1)")
@@ -249,11 +255,19 @@ class RunConfig:
             need(t in ("tensorboard", "wandb"), "log.trackers", f"unknown tracker {t!r}; expected tensorboard or wandb")
 
     def trained_step_indices(self) -> list[int]:
-        """Schedule indices k that are sampled stochastically and trained."""
+        """Schedule indices k that are sampled stochastically and stored for training: the first
+        :meth:`steps_per_sample` of the SDE window, or the whole window when each sample trains its own
+        random subset (``train.timestep_sampling: random``)."""
         s = self.sample
         start, end = (0, s.num_steps) if s.sde_window is None else s.sde_window
-        n = max(1, int((end - start) * self.train.timestep_fraction))
+        n = end - start if self.train.timestep_sampling == "random" else self.steps_per_sample()
         return list(range(start, start + n))
+
+    def steps_per_sample(self) -> int:
+        """How many steps each sample trains: ``int(window * timestep_fraction)``, at least 1."""
+        s = self.sample
+        start, end = (0, s.num_steps) if s.sde_window is None else s.sde_window
+        return max(1, int((end - start) * self.train.timestep_fraction))
 
 
 # ---- (de)serialisation with type checking ---------------------------------------------------------

@@ -42,19 +42,23 @@ class FluxBackbone(DiffusersBackbone):
     default_lora_targets = FLUX_LORA_TARGETS
     packed = True
 
-    def __init__(self, pipe, *, max_sequence_length: int = 512, **kw):
+    def __init__(self, pipe, *, max_sequence_length: int = 512, dynamic_shift: bool = True, **kw):
         from diffusers import FluxPipeline
 
         self.pipeline_cls = FluxPipeline
         super().__init__(pipe, **kw)
         self.max_sequence_length = int(max_sequence_length)
+        self.dynamic_shift = bool(dynamic_shift)
         self._text_ids: Tensor | None = None
         _, h, w = self.latent_shape
         self.register_buffer("img_ids", FluxPipeline._prepare_latent_image_ids(1, h // 2, w // 2, "cpu",
                                                                                torch.float32), persistent=False)
 
     def sigmas(self, num_steps: int, shift: float) -> Tensor:
-        """Flux's dynamic shift: ``mu`` from the number of latent tokens (``shift`` is not used)."""
+        """Flux's dynamic shift (``mu`` from the number of latent tokens; ``shift`` is not used), or with
+        ``dynamic_shift: false`` the static ``shift`` of SD3's grid (DanceGRPO's Flux sampler: shift 3)."""
+        if not self.dynamic_shift:
+            return flow_sigmas(num_steps, shift)
         sc = self.pipe.scheduler.config
         _, h, w = self.latent_shape
         mu = flux_mu((h // 2) * (w // 2), sc.get("base_image_seq_len", 256), sc.get("max_image_seq_len", 4096),
@@ -92,8 +96,11 @@ def make_flux_backbone(params: dict, ctx) -> FluxBackbone:
     """Registry constructor; ``backbone.params``: see ``docs/gpu.md`` (``pretrained`` is required)."""
     from diffusers import FluxPipeline
 
-    p = parse_diffusers_params(params, {})
+    p = parse_diffusers_params(params, {"dynamic_shift": True})
+    if not isinstance(p["dynamic_shift"], bool):
+        raise ValueError(f"backbone.params.dynamic_shift: must be true or false, got {p['dynamic_shift']!r}")
     pipe = load_pipeline(FluxPipeline, p["pretrained"], p["revision"], DTYPES[p["dtype"]])
     return FluxBackbone(pipe, lora_rank=p["lora_rank"], lora_alpha=p["lora_alpha"], lora_targets=p["lora_targets"],
                         full_finetune=p["full_finetune"], gradient_checkpointing=p["gradient_checkpointing"],
-                        resolution=p["resolution"], max_sequence_length=p["max_sequence_length"] or 512)
+                        resolution=p["resolution"], max_sequence_length=p["max_sequence_length"] or 512,
+                        dynamic_shift=p["dynamic_shift"])

@@ -105,7 +105,7 @@ def meta_backbone(backbone_name: str, params: dict):
     """The recipe's backbone (``sd3`` or ``flux`` with its ``backbone.params``) with every weight on the meta
     device: ``(backbone, architecture)``. The recipe's LoRA targets, rank, gradient checkpointing and full
     fine-tuning are applied by the backbone's own constructor."""
-    p = parse_diffusers_params(params, {"negative_prompt": ""} if backbone_name == "sd3" else {})
+    p = parse_diffusers_params(params, {"negative_prompt": ""} if backbone_name == "sd3" else {"dynamic_shift": True})
     arch = architecture_of(p["pretrained"])
     if arch.kind != backbone_name:
         raise ValueError(f"backbone: {p['pretrained']!r} is a {arch.kind} pipeline, not {backbone_name}")
@@ -132,5 +132,6 @@ def meta_backbone(backbone_name: str, params: dict):
         backbone = SD3Backbone(pipe, max_sequence_length=p["max_sequence_length"] or 256,
                                negative_prompt=p["negative_prompt"], **common)
     else:
-        backbone = FluxBackbone(pipe, max_sequence_length=p["max_sequence_length"] or 512, **common)
+        backbone = FluxBackbone(pipe, max_sequence_length=p["max_sequence_length"] or 512,
+                                dynamic_shift=p["dynamic_shift"], **common)
     return backbone, arch

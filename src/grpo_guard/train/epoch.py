@@ -31,7 +31,7 @@ from .context import RunContext, intact_note, save_best, save_checkpoint_of
 from .errors import OutputWriteError, TrainingInterrupted, TrainingStopped
 from .evaluate import EvaluationRewardError, normalise_gold
 from .faults import fault_point
-from .rollout import Trajectory, per_sample_noise, rollout
+from .rollout import Trajectory, per_sample_noise, rollout, step_subsets
 from .runlog import atomic_write_text, save_image_grid, to_jsonable
 from .update import UpdateResult, UpdateSettings, measure_step_grad_norms, row_bound, update_policy
 
@@ -97,6 +97,9 @@ def rollout_batch(ctx: RunContext, batch: EpochBatch) -> Trajectory:
     batch.cond = ctx.backbone.encode_unique_prompts(batch.prompts)
     noise = per_sample_noise(ctx.cfg.seed, "rollout", batch.epoch, batch.global_index.tolist(), s.num_steps + 1,
                              ctx.backbone.latent_shape)
+    if s.same_initial_noise:
+        noise[:, 0] = group_initial_noise(ctx.cfg.seed, batch.epoch, batch.global_index, s.group_size,
+                                          ctx.backbone.latent_shape)
     with ctx.accelerator.autocast():
         traj = rollout(lambda x, sig, c: ctx.backbone(x, sig, c, s.guidance_scale), batch.cond, noise,
                        ctx.schedule, reduction=ctx.cfg.loss.reduction, batch_size=s.batch_size, device=ctx.device)
@@ -104,6 +107,14 @@ def rollout_batch(ctx: RunContext, batch: EpochBatch) -> Trajectory:
         reshard(ctx.backbone)
     fault_point("rollout")
     return traj
+
+
+def group_initial_noise(seed: int, epoch: int, global_index: Tensor, group_size: int,
+                        latent_shape: tuple[int, ...]) -> Tensor:
+    """(B, *L) initial latents shared within each group (``sample.same_initial_noise``, DanceGRPO's
+    ``init_same_noise``): sample i starts from its group's noise, the group being ``global_index // group_size``."""
+    groups = (global_index // group_size).tolist()
+    return per_sample_noise(seed, "group-initial", epoch, groups, 1, latent_shape)[:, 0]
 
 
 def _check_reward(name: str, value, n: int) -> str | None:
@@ -194,11 +205,15 @@ def update_batch(ctx: RunContext, batch: EpochBatch, traj: Trajectory, advantage
         n_meas = torch.arange(min(t.grad_norm_samples, len(batch)))
         step_norms = measure_step_grad_norms(ctx.backbone, traj, batch.cond, advantages, settings, n_meas)
     order = update_order(ctx, advantages) if t.drop_zero_advantage else torch.arange(len(batch))
+    positions = None
+    if t.timestep_sampling == "random":  # each sample trains its own random subset of the stored steps
+        positions = step_subsets(ctx.cfg.seed, batch.epoch, batch.global_index.tolist(),
+                                 traj.step_indices.numel(), ctx.cfg.steps_per_sample())
     if order.numel():
         result = update_policy(model=ctx.model, backbone=ctx.backbone, optimizer=ctx.optimizer,
                                accelerator=ctx.accelerator, traj=traj, cond=batch.cond, advantages=advantages,
                                local_orders=[order] * t.inner_epochs, settings=settings,
-                               after_step=ctx.ema.update if ctx.ema is not None else None)
+                               after_step=ctx.ema.update if ctx.ema is not None else None, step_positions=positions)
     else:  # every group without reward spread: nothing to learn from this batch
         result = UpdateResult()
     if t.drop_zero_advantage:

@@ -18,7 +18,7 @@ from ..core._checks import all_finite, check_finite
 from ..seeding import derive_generator
 from .schedule import StepSchedule
 
-__all__ = ["Trajectory", "per_sample_noise", "rollout"]
+__all__ = ["Trajectory", "per_sample_noise", "step_subsets", "rollout"]
 
 
 @dataclass
@@ -51,6 +51,14 @@ def per_sample_noise(seed: int, stream: str, epoch: int, global_indices: Sequenc
     rows = [torch.randn((num, *latent_shape), generator=derive_generator(seed, stream, epoch, int(i)))
             for i in global_indices]
     return torch.stack(rows)
+
+
+def step_subsets(seed: int, epoch: int, global_indices: Sequence[int], num_stored: int, per_sample: int) -> Tensor:
+    """(B, per_sample) long: each sample's own random subset of its ``num_stored`` stored steps to train this
+    epoch (DanceGRPO's per-sample timestep sampling), in random order; row i depends only on (seed, epoch,
+    global_indices[i])."""
+    return torch.stack([torch.randperm(num_stored, generator=derive_generator(seed, "timesteps", epoch, int(i)))[:per_sample]
+                        for i in global_indices])
 
 
 @torch.no_grad()

@@ -219,27 +219,32 @@ class StepBatch:
     advantage: Tensor
 
 
-def gather_step_batch(traj: Trajectory, idx: Tensor, js: Sequence[int], cond: Conditioning, advantages: Tensor,
-                      schedule: StepSchedule) -> StepBatch:
-    """The entries of trained positions ``js`` (schedule indices ``traj.step_indices[j]``) for local samples
-    ``idx`` ((n,) long), rows step-major: ``len(js) * n`` rows. ``cond`` and ``advantages`` ((B,)) are the
-    local batch's."""
+def gather_step_batch(traj: Trajectory, idx: Tensor, js: Sequence[int] | Tensor, cond: Conditioning,
+                      advantages: Tensor, schedule: StepSchedule) -> StepBatch:
+    """The entries of stored positions ``js`` (schedule indices ``traj.step_indices[j]``) for local samples
+    ``idx`` ((n,) long), rows step-major: ``len(js) * n`` rows. ``js`` is a list of positions shared by the
+    samples, or an (S, n) long tensor of each sample's own position in each of S slots (random per-sample
+    step subsets, ``train.timestep_sampling: random``). ``cond`` and ``advantages`` ((B,)) are the local
+    batch's."""
     n = idx.numel()
     # every (step, sample) entry as a row of the stored (B * T, ...) tensors, rows step-major: (len(js), n) ->
     # rows; one index_select per stored tensor (a plain row gather, several times cheaper than indexing)
-    jt = torch.tensor(list(js), dtype=torch.long, device=idx.device)
-    rows = (idx[None, :] * traj.step_indices.numel() + jt[:, None]).flatten().to(traj.latents.device)
+    if isinstance(js, Tensor):
+        pos = js.to(idx.device)
+    else:
+        pos = torch.tensor(list(js), dtype=torch.long, device=idx.device)[:, None].expand(-1, n)
+    rows = (idx[None, :] * traj.step_indices.numel() + pos).flatten().to(traj.latents.device)
     x = traj.latents.flatten(0, 1).index_select(0, rows)
     sigmas = schedule.sigmas
-    ks = traj.step_indices.to(sigmas.device)[jt].repeat_interleave(n)
+    ks = traj.step_indices.to(sigmas.device)[pos.flatten().to(sigmas.device)]
     return StepBatch(
         state=x, next_state=traj.next_latents.flatten(0, 1).index_select(0, rows),
         sigma=sigmas[ks].to(x.device), sigma_next=sigmas[ks + 1].to(x.device),
         coefficients=schedule.step_coefficients(ks, x),
-        cond=cond.index(idx if len(js) == 1 else idx.repeat(len(js))),
+        cond=cond.index(idx if len(pos) == 1 else idx.repeat(len(pos))),
         old_log_prob=traj.log_probs.flatten().index_select(0, rows),
         old_mean=traj.means.flatten(0, 1).index_select(0, rows),
-        advantage=advantages.index_select(0, idx.to(advantages.device)).repeat(len(js)))
+        advantage=advantages.index_select(0, idx.to(advantages.device)).repeat(len(pos)))
 
 
 def step_batch_loss(velocity_fn: Callable[[Tensor, Tensor, Conditioning], Tensor], batch: StepBatch,
@@ -268,11 +273,11 @@ def step_batch_loss(velocity_fn: Callable[[Tensor, Tensor, Conditioning], Tensor
     )
 
 
-def _entry_loss(velocity_fn, traj: Trajectory, idx: Tensor, js: int | Sequence[int], cond: Conditioning,
+def _entry_loss(velocity_fn, traj: Trajectory, idx: Tensor, js: int | Sequence[int] | Tensor, cond: Conditioning,
                 advantages: Tensor, s: UpdateSettings, reference_fn):
-    """Loss of trained step(s) ``js`` for local samples ``idx``, in one forward call: the mean over the
-    (step, sample) entries."""
-    js = [js] if isinstance(js, int) else list(js)
+    """Loss of trained step(s) ``js`` (positions, or per-sample positions: :func:`gather_step_batch`) for local
+    samples ``idx``, in one forward call: the mean over the (step, sample) entries."""
+    js = [js] if isinstance(js, int) else (js if isinstance(js, Tensor) else list(js))
     batch = gather_step_batch(traj, idx, js, cond, advantages, s.schedule)
     return step_batch_loss(velocity_fn, batch, s.schedule, s.loss, reference_fn)
 
@@ -290,6 +295,7 @@ def update_policy(
     settings: UpdateSettings,
     after_step: Callable[[], None] | None = None,
     on_minibatch: Callable[[], None] | None = None,
+    step_positions: Tensor | None = None,
 ) -> UpdateResult:
     """Run ``inner_epochs x updates_per_epoch`` optimizer updates on one rollout batch.
 
@@ -301,6 +307,8 @@ def update_policy(
             ``updates_per_epoch`` equal minibatches.
         settings: see :class:`UpdateSettings`.
         after_step: called after every optimizer step (EMA update).
+        step_positions: (B_local, S) long, each sample's own S stored positions to train (random per-sample
+            step subsets, DanceGRPO's sampling); None trains every stored step of every sample.
     """
     s = settings
     trainable = [p for group in optimizer.param_groups for p in group["params"]]  # what the steps update
@@ -312,7 +320,7 @@ def update_policy(
         for idx in minibatch_positions(local_orders[inner], s.updates_per_epoch):
             preflight = first and s.preflight_tol is not None
             worst = _minibatch_gradients(model, backbone, accelerator, traj, cond, advantages, idx, s, result, stats,
-                                         off_policy=not first, preflight=preflight)
+                                         off_policy=not first, preflight=preflight, positions=step_positions)
             if preflight:
                 _check_preflight(worst, accelerator, s.preflight_tol, optimizer, result)
             _optimizer_step(optimizer, plain, accelerator, trainable, s.max_grad_norm, result, after_step)
@@ -333,13 +341,14 @@ class _EpochStats:
     count: int = 0
     entries: dict[str, list[Tensor]] = field(default_factory=lambda: defaultdict(list))
 
-    def add(self, st: dict[str, Tensor], weight: int, off_policy: bool, sub: Tensor, js: Sequence[int],
+    def add(self, st: dict[str, Tensor], weight: int, off_policy: bool, sub: Tensor, js: Sequence[int] | Tensor,
             advantages: Tensor) -> None:
         for key, val in zip(_SCALARS, torch.stack([st[key] for key in _SCALARS]).tolist()):  # one sync
             self.sums[key] += val * weight
         self.count += weight
         if off_policy:
-            self.entries["step_pos"].append(torch.tensor(js).repeat_interleave(sub.numel()))
+            self.entries["step_pos"].append(js.flatten().cpu() if isinstance(js, Tensor)
+                                            else torch.tensor(js).repeat_interleave(sub.numel()))
             self.entries["advantage"].append(advantages[sub].detach().float().cpu().repeat(len(js)))
             for key in ("log_ratio", "log_ratio_used", "bias"):
                 self.entries[key].append(st[key].float().cpu())
@@ -347,21 +356,25 @@ class _EpochStats:
 
 def _minibatch_gradients(model, backbone: Backbone, accelerator, traj: Trajectory, cond: Conditioning,
                          advantages: Tensor, idx: Tensor, s: UpdateSettings, result: UpdateResult,
-                         stats: _EpochStats, *, off_policy: bool, preflight: bool) -> float | None:
+                         stats: _EpochStats, *, off_policy: bool, preflight: bool,
+                         positions: Tensor | None = None) -> float | None:
     """Accumulate the gradients of one minibatch ``idx`` (local positions) over its forward calls; returns
     the largest |log ratio| seen when ``preflight`` (NaN kept), else None. Measures the saved activations
     per row on the run's first training call (``max_forward_mb``)."""
     velocity_fn, reference_fn = _velocity_fns(model, backbone, s)
-    t_count, n = traj.step_indices.numel(), idx.numel()
+    # the entries of a sample: every stored step, or its own subset of them (``positions``)
+    positions = positions.to(idx.device) if positions is not None else None
+    t_count, n = (traj.step_indices.numel() if positions is None else positions.shape[1]), idx.numel()
     cfg_copies = 1 if s.guidance_scale == 1 else 2
     bytes_per_row = s.forward_bytes_per_row if result.forward_bytes_per_row is None else result.forward_bytes_per_row
     bound = row_bound(s.max_forward_rows, s.max_forward_mb, bytes_per_row)
     chunks = (compat_chunks(idx, t_count, cfg_copies, bound) if s.loss.official_compat
               else forward_chunks(idx, t_count, cfg_copies, bound))
     worst = None
-    for ci, (sub, js) in enumerate(chunks):
+    for ci, (sub, slots) in enumerate(chunks):
+        js = slots if positions is None else positions[sub][:, slots].t()  # (slots, samples) own positions
         sync = nullcontext() if ci == len(chunks) - 1 else accelerator.no_sync(model)
-        weight = len(js) * sub.numel()  # (sample, step) entries in this call
+        weight = len(slots) * sub.numel()  # (sample, step) entries in this call
         measure = s.max_forward_mb > 0 and bytes_per_row is None  # the run's first training call
         with sync:
             with (count_saved_bytes([*backbone.parameters(), *backbone.buffers()]) if measure
