@@ -328,3 +328,26 @@ def test_a_dance_grpo_run_trains_random_subsets_of_every_step(tmp_path):
     assert sum(rows[1]["step_stats"]["count"]) == 16 * 4 / 2  # the off-policy half: 8 samples x 4 own steps
     with pytest.raises(ConfigError, match="official_compat"):
         tiny_cfg(tmp_path / "c", "train.timestep_sampling=random", "loss.official_compat=true")
+
+
+# ---- Flow-GRPO-Fast: a random SDE window per epoch ----------------------------------------------------------
+
+def test_a_random_sde_window_is_drawn_every_epoch(tmp_path):
+    cfg = tiny_cfg(tmp_path / "c", "sample.num_steps=10", "sample.sde_window_size=2", "train.timestep_fraction=1.0",
+                   "train.epochs=8", "eval.every=0")
+    assert cfg.trained_step_indices() == [0, 1] and cfg.steps_per_sample() == 2
+    sigmas = flow_sigmas(10, 3.0)
+    windows = [StepSchedule.for_epoch(cfg, sigmas, e).sde_steps for e in range(8)]
+    assert all(len(w) == 2 and w[0] + 1 == w[1] and 0 <= w[0] and w[1] < 5 for w in windows)
+    assert len({tuple(w) for w in windows}) > 1  # the window moves
+    assert windows == [StepSchedule.for_epoch(cfg, sigmas, e).sde_steps for e in range(8)]  # seeded
+    sched = StepSchedule.for_epoch(cfg, sigmas, 3)
+    assert sched.levels().count(0.0) == 8 and list(sched.trained_steps) == list(sched.sde_steps)
+    run = train(cfg, tmp_path / "run", log=lambda *_: None)
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["preflight_max_abs_log_ratio"] <= 1e-5
+    assert [r["trained_steps"] for r in rows] == [list(w) for w in windows]
+    for bad, key in (("sample.sde_window_range=[0, 1]", "sample.sde_window_range"),
+                     ("sample.sde_window=[0, 4]", "sample.sde_window_size")):
+        with pytest.raises(ConfigError, match=key):
+            tiny_cfg(tmp_path / "c", "sample.sde_window_size=2", bad)

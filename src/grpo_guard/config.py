@@ -64,6 +64,10 @@ class SampleConfig:
     batch_size: int = 32  # samples per rollout forward call
     sde_window: list[int] | None = None  # [start, end): only these steps are stochastic and trained
     same_initial_noise: bool = False  # the samples of a group start from one initial noise (DanceGRPO)
+    # Flow-GRPO-Fast: a window of this many SDE steps, drawn anew every epoch within sde_window_range
+    # ([lo, hi), default the first half of the steps); the other steps take the ODE step. 0: off
+    sde_window_size: int = 0
+    sde_window_range: list[int] | None = None
 
 
 @dataclass
@@ -203,6 +207,13 @@ class RunConfig:
         if s.sde_window is not None:
             need(len(s.sde_window) == 2 and 0 <= s.sde_window[0] < s.sde_window[1] <= s.num_steps,
                  "sample.sde_window", f"must be [start, end) with 0 <= start < end <= num_steps, got {s.sde_window}")
+        if s.sde_window_size:
+            need(s.sde_window is None, "sample.sde_window_size", "a random window excludes a fixed sample.sde_window")
+            lo_hi = s.sde_window_range or [0, s.num_steps // 2]
+            need(len(lo_hi) == 2 and 0 <= lo_hi[0] and lo_hi[0] + s.sde_window_size <= lo_hi[1] <= s.num_steps,
+                 "sample.sde_window_range", f"must be [lo, hi) within the {s.num_steps} steps and hold "
+                 f"sde_window_size = {s.sde_window_size} steps, got {lo_hi}")
+        need(s.sde_window_size >= 0, "sample.sde_window_size", "must be >= 0 (0: off)")
         need(lo.ratio_mode in RATIO_MODES, "loss.ratio_mode", f"must be one of {RATIO_MODES}")
         need(lo.step_weight in STEP_WEIGHTS, "loss.step_weight", f"must be one of {STEP_WEIGHTS}")
         need(lo.reduction in REDUCTIONS, "loss.reduction", f"must be one of {REDUCTIONS}")
@@ -254,19 +265,27 @@ class RunConfig:
         for t in self.log.trackers:
             need(t in ("tensorboard", "wandb"), "log.trackers", f"unknown tracker {t!r}; expected tensorboard or wandb")
 
-    def trained_step_indices(self) -> list[int]:
-        """Schedule indices k that are sampled stochastically and stored for training: the first
-        :meth:`steps_per_sample` of the SDE window, or the whole window when each sample trains its own
-        random subset (``train.timestep_sampling: random``)."""
+    def sde_window_bounds(self) -> tuple[int, int]:
+        """``[start, end)`` of the stochastic steps: the whole grid, the fixed ``sample.sde_window``, or with
+        ``sample.sde_window_size`` the first window of ``sample.sde_window_range`` (each epoch draws its own:
+        :meth:`grpo_guard.train.schedule.StepSchedule.for_epoch`)."""
         s = self.sample
-        start, end = (0, s.num_steps) if s.sde_window is None else s.sde_window
+        if s.sde_window_size:
+            lo = (s.sde_window_range or [0, s.num_steps // 2])[0]
+            return lo, lo + s.sde_window_size
+        return (0, s.num_steps) if s.sde_window is None else (s.sde_window[0], s.sde_window[1])
+
+    def trained_step_indices(self, window: tuple[int, int] | None = None) -> list[int]:
+        """Schedule indices k that are sampled stochastically and stored for training in ``window`` (default
+        :meth:`sde_window_bounds`): its first :meth:`steps_per_sample` steps, or all of them when each sample
+        trains its own random subset (``train.timestep_sampling: random``)."""
+        start, end = window or self.sde_window_bounds()
         n = end - start if self.train.timestep_sampling == "random" else self.steps_per_sample()
         return list(range(start, start + n))
 
     def steps_per_sample(self) -> int:
         """How many steps each sample trains: ``int(window * timestep_fraction)``, at least 1."""
-        s = self.sample
-        start, end = (0, s.num_steps) if s.sde_window is None else s.sde_window
+        start, end = self.sde_window_bounds()
         return max(1, int((end - start) * self.train.timestep_fraction))
 
 

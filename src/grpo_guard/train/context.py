@@ -149,7 +149,7 @@ def build_context(cfg: RunConfig, out: Path, accelerator, log, stop: StopRequest
                          verbose=is_main and cfg.log.progress)
     rewards = {spec.name: build_reward(spec.name, spec.params, rctx) for spec in cfg.rewards}
     evaluator = build_evaluator(cfg.eval.evaluator, cfg.eval.evaluator_params, rctx) if cfg.eval.evaluator else None
-    schedule = StepSchedule.from_config(s, backbone.sigmas(s.num_steps, s.shift), cfg.trained_step_indices())
+    schedule = StepSchedule.for_epoch(cfg, backbone.sigmas(s.num_steps, s.shift), 0)
     params = backbone.trainable_parameters()
     if not params:
         raise ValueError("backbone: has no trainable parameters")

@@ -33,6 +33,7 @@ from .evaluate import EvaluationRewardError, normalise_gold
 from .faults import fault_point
 from .rollout import Trajectory, per_sample_noise, rollout, step_subsets
 from .runlog import atomic_write_text, save_image_grid, to_jsonable
+from .schedule import StepSchedule
 from .update import UpdateResult, UpdateSettings, measure_step_grad_norms, row_bound, update_policy
 
 __all__ = ["EpochBatch", "evaluate_base", "draw_batch", "rollout_batch", "score_batch", "skip_bad_batch",
@@ -91,8 +92,11 @@ def draw_batch(ctx: RunContext, epoch: int) -> EpochBatch:
 
 
 def rollout_batch(ctx: RunContext, batch: EpochBatch) -> Trajectory:
-    """Encode the batch's prompts (into ``batch.cond``) and sample its trajectories with the SDE policy."""
+    """Encode the batch's prompts (into ``batch.cond``) and sample its trajectories with the SDE policy (on this
+    epoch's SDE window when it is drawn anew each epoch, Flow-GRPO-Fast: ``ctx.schedule`` is then replaced)."""
     s = ctx.cfg.sample
+    if s.sde_window_size:
+        ctx.schedule = StepSchedule.for_epoch(ctx.cfg, ctx.schedule.sigmas, batch.epoch)
     ctx.backbone.eval()
     batch.cond = ctx.backbone.encode_unique_prompts(batch.prompts)
     noise = per_sample_noise(ctx.cfg.seed, "rollout", batch.epoch, batch.global_index.tolist(), s.num_steps + 1,

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from ..core import SDECoefficients, sde_coefficients
 from ..core._checks import check_finite
+from ..seeding import derive_generator
 from ..core.sde import _compute_dtype
 
 __all__ = ["StepSchedule"]
@@ -48,6 +49,21 @@ class StepSchedule:
         sampler that trains nothing, e.g. the evaluation)."""
         window = range(*sample.sde_window) if sample.sde_window else range(sample.num_steps)
         return cls(sigmas, list(trained_steps), list(window), sample.noise_level, sample.sde_type)
+
+    @classmethod
+    def for_epoch(cls, cfg, sigmas: Tensor, epoch: int) -> StepSchedule:
+        """The schedule of ``epoch`` of a run (``cfg``: :class:`grpo_guard.config.RunConfig`): the run's fixed one,
+        or with ``sample.sde_window_size`` (Flow-GRPO-Fast) a window of that many SDE steps whose start is drawn
+        uniformly within ``sample.sde_window_range`` for this epoch (seeded by the run seed and the epoch, the
+        same on every process); the other steps take the ODE step."""
+        s = cfg.sample
+        if not s.sde_window_size:
+            return cls.from_config(s, sigmas, cfg.trained_step_indices())
+        lo, hi = s.sde_window_range or [0, s.num_steps // 2]
+        g = derive_generator(cfg.seed, "sde-window", epoch)
+        start = lo + int(torch.randint(hi - lo - s.sde_window_size + 1, (1,), generator=g))
+        window = (start, start + s.sde_window_size)
+        return cls(sigmas, cfg.trained_step_indices(window), list(range(*window)), s.noise_level, s.sde_type)
 
     @property
     def num_steps(self) -> int:
