@@ -5,9 +5,10 @@ to the same proxy gain, paired by seed.
 
 For each seed, in this process, one after the other: the full recipe (``grpo_guard``: 9 of the 10 steps
 trained) for ``--epochs`` epochs and the Fast recipe (``grpo_guard_fast``: a random window of 2 SDE steps
-within the first 5, the rest ODE) for twice as many, both evaluating the proxy on the same fixed prompts and
-noise with the ODE sampler every 3 epochs (``eval.sampler=ode``: one sampler for both, so that their proxies
-compare). The target is 80% of the full run's proxy gain (the mean of its last two evaluations minus the base
+within the first 5, the rest ODE) for twice as many, both evaluating the proxy every 3 epochs on the same
+fixed prompts and noise (8 samples per prompt) with the same sampler, the full SDE grid (the evaluation's
+default), so that their proxies compare; the per-step gradient-norm probe is off (a diagnostic whose cost
+grows with the trained steps). The target is 80% of the full run's proxy gain (the mean of its last two evaluations minus the base
 model's); a run's time to it is the sum of its epochs' training seconds (epoch time minus evaluation time)
 up to the first evaluation at or above the target. Prints one line per seed and the ratios; writes
 OUT/fast_window.json.
@@ -24,8 +25,8 @@ from grpo_guard.config import load_config
 from grpo_guard.train.loop import train
 
 EVERY = 3
-COMMON = [f"eval.every={EVERY}", "eval.sampler=ode", "log.progress=false", "log.image_every=0",
-          "log.checkpoint_every=1000"]
+COMMON = [f"eval.every={EVERY}", "eval.samples_per_prompt=8", "train.grad_norm_every=0", "log.progress=false",
+          "log.image_every=0", "log.checkpoint_every=1000"]
 
 
 def rows(run: Path) -> list[dict]:

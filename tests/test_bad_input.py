@@ -277,11 +277,11 @@ def test_any_reward_server_payload_is_decoded_or_refused_cleanly(body):
     prompt per image, or refuses with a 4xx status and a one-line message; never another exception."""
     import numpy as np
 
-    from grpo_guard.rewards.server import _parse_score_request, _RequestError
+    from grpo_guard.rewards.score_request import RequestError, parse_score_request
 
     try:
-        images, prompts, metadata = _parse_score_request(body, max_batch=4)
-    except _RequestError as e:
+        images, prompts, metadata = parse_score_request(body, max_batch=4)
+    except RequestError as e:
         assert 400 <= e.status < 500 and e.message and "\n" not in e.message
         return
     assert images.dtype == np.float32 and images.ndim == 4 and images.shape[0] == len(prompts) == len(metadata)

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from .core import RATIO_MODES, REDUCTIONS, SDE_TYPES, STD_MODES, STEP_WEIGHTS, parse_clip_range
 __all__ = [
     "ConfigError", "BackboneConfig", "PromptConfig", "SampleConfig", "LossConfig", "TrainConfig",
     "RewardSpec", "EvalConfig", "MonitorConfig", "LogConfig", "RunConfig", "CONFIG_DIR",
@@ -189,8 +190,6 @@ class RunConfig:
     def validate(self, check_files: bool = True) -> None:
         """Cross-field checks; raises ConfigError naming the key. ``check_files=False`` skips the check that the
         prompt file exists (for commands that read no prompt, such as ``plan``)."""
-        from .core import RATIO_MODES, REDUCTIONS, SDE_TYPES, STD_MODES, STEP_WEIGHTS, parse_clip_range
-
         def need(cond: bool, key: str, msg: str) -> None:
             if not cond:
                 raise ConfigError(f"{key}: {msg}")

@@ -10,6 +10,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .parallel import RunJob, default_workers, run_jobs
+from .report import build_report
+
 __all__ = ["DemoSettings", "run_demo"]
 
 #: the world of the full demo and of the quick (CI) demo, as config overrides. The full demo uses the
@@ -51,9 +54,6 @@ def _run_overrides(settings: DemoSettings, seed: int) -> list[str]:
 
 def run_demo(settings: DemoSettings, log=print) -> Path:
     """Train every (method, seed) and build the report; returns the path of report.html."""
-    from .parallel import RunJob, default_workers, run_jobs
-    from .report import build_report
-
     out = Path(settings.out)
     jobs = [RunJob(m, tuple(_run_overrides(settings, seed)), out / "runs" / f"{m}_s{seed}", quiet=False)
             for m in settings.methods for seed in settings.seeds]

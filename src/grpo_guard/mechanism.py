@@ -138,6 +138,7 @@ def format_table(result: dict) -> str:
 
 def plot_mechanism(result: dict, path) -> None:
     """Write a 3-panel PNG: raw vs normalised ratio shift, clip fractions by advantage sign, grad norms."""
+    # matplotlib: imported where used (seconds to import; runs that need none skip it)
     import matplotlib
 
     matplotlib.use("Agg")

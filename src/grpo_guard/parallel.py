@@ -10,6 +10,7 @@ processes slow each other down many times over.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import shutil
 import signal
@@ -17,9 +18,18 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
+
+from .backbones import BackboneContext, build_backbone
+from .config import load_config
+from .rewards import RewardContext, build_evaluator, build_reward
+from .train.loop import train
+from .train.runlog import MetricsLog
 
 __all__ = ["RunJob", "run_jobs", "default_workers", "is_complete", "build_world_cache", "train_job"]
 
@@ -41,8 +51,6 @@ class RunJob:
 
 def _epochs_done(run_dir: Path) -> int:
     """Distinct epochs in ``run_dir``'s metrics (0 without a metrics file; torn lines ignored)."""
-    from .train.runlog import MetricsLog
-
     rows = MetricsLog(run_dir / "metrics.jsonl").rows()
     return len({r["epoch"] for r in rows if isinstance(r, dict) and isinstance(r.get("epoch"), int)})
 
@@ -61,11 +69,6 @@ def train_job(job: RunJob, threads: int | None = None, log: Callable[[str], None
               progress_bar: bool = True) -> float:
     """Train ``job`` (resume when it has a checkpoint; start again when its directory holds none);
     returns the seconds it took. ``progress_bar`` False turns the run's bar off (worker processes)."""
-    import torch
-
-    from .config import load_config
-    from .train.loop import train
-
     if threads:
         torch.set_num_threads(threads)
     cfg = load_config(job.config, list(job.overrides))
@@ -83,11 +86,6 @@ def build_world_cache(cfg, name: str, log: Callable[[str], None] = print) -> Non
     """Build the base model, rewards and evaluator of ``cfg`` (a :class:`RunConfig`) once in this process
     (pretraining them into the cache when they are not there), so that parallel runs load them instead
     of each building them."""
-    import torch
-
-    from .backbones import BackboneContext, build_backbone
-    from .rewards import RewardContext, build_evaluator, build_reward
-
     cache, dev = Path(cfg.cache_dir).expanduser(), torch.device("cpu")
     t0 = time.perf_counter()
     bb = build_backbone(cfg.backbone.name, cfg.backbone.params, BackboneContext(cache, dev, cfg.seed, verbose=False))
@@ -138,7 +136,6 @@ def run_jobs(jobs: Sequence[RunJob], *, workers: int = 1, log: Callable[[str], N
     ``workers`` 1 trains in this process; more start that many spawned worker processes, each with
     ``cores // workers`` torch threads, and log a progress line every ``progress_every`` seconds. The
     first failing run's exception is raised once the runs in flight have stopped."""
-    from .config import load_config
 
     seconds: dict[Path, float | None] = {}
     todo, configs = [], {}
@@ -158,8 +155,6 @@ def run_jobs(jobs: Sequence[RunJob], *, workers: int = 1, log: Callable[[str], N
             log(f"{prefix} {job.name} done in {seconds[job.run_dir]:.0f} s")
         return seconds
 
-    import multiprocessing
-    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 
     worlds = {}
     for job, _ in todo:  # each distinct world is built once here, not by two workers at the same time

@@ -23,15 +23,15 @@ from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
-
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.tensor import DTensor, distribute_tensor
 __all__ = ["is_sharded", "full_tensor", "shard_like", "shard_modules", "reshard", "any_sharded",
            "full_optimizer_state", "load_optimizer_state"]
 
 
 def is_sharded(t) -> bool:
     """True for a ``DTensor`` (a sharded parameter, gradient or optimizer state)."""
-    from torch.distributed.tensor import DTensor
-
     return isinstance(t, DTensor)
 
 
@@ -51,7 +51,6 @@ def shard_like(full: Tensor, like: Tensor) -> Tensor:
     ``DTensor`` with ``like``'s mesh and placements when ``like`` is sharded; ``full`` itself otherwise."""
     if not is_sharded(like):
         return full
-    from torch.distributed.tensor import distribute_tensor
 
     return distribute_tensor(full.to(device=like.device, dtype=like.dtype), like.device_mesh, like.placements)
 
@@ -59,9 +58,6 @@ def shard_like(full: Tensor, like: Tensor) -> Tensor:
 def shard_modules(units: Sequence[nn.Module], world: int, device: torch.device) -> None:
     """``fully_shard`` each module of ``units`` over a 1-D mesh of ``world`` processes, in order (inner
     modules first, then the modules that contain them: each takes the weights its units did not)."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-
     if not units:
         raise ValueError("train.fsdp: the backbone named no modules to shard")
     mesh = init_device_mesh(device.type, (world,))
@@ -72,8 +68,6 @@ def shard_modules(units: Sequence[nn.Module], world: int, device: torch.device) 
 def reshard(module: nn.Module) -> None:
     """Free the whole weights of every FSDP2 module in ``module`` and register its slices again (no-op
     for a module without sharded parts)."""
-    from torch.distributed.fsdp import FSDPModule
-
     for m in module.modules():
         if isinstance(m, FSDPModule):
             m.reshard()

@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from .parallel import RunJob, run_jobs
+from .report import build_report
+from .report.runs import as_number, gold_at_proxy, load_run, read_metrics
 from .train.summary import format_summary_line, summarise_run
 
 __all__ = ["ARMS", "Condition", "StudyPlan", "PRESETS", "run_study", "calibrate_clip", "summarize_condition",
@@ -134,10 +136,8 @@ PRESETS: dict[str, StudyPlan] = {
 # ---- calibration --------------------------------------------------------------------------------
 
 def _rows(run_dir: Path) -> list[dict]:
-    from .report.runs import _read_metrics
-
     path = run_dir / "metrics.jsonl"
-    return _read_metrics(path)[0] if path.is_file() else []
+    return read_metrics(path)[0] if path.is_file() else []
 
 
 def clip_from_rows(rows: list[dict]) -> float | None:
@@ -180,8 +180,6 @@ def run_study(plan: StudyPlan, out: Path, *, extra: list[str] | None = None, wor
     """Run the whole plan into ``out`` and write ``study.json``, ``study.md`` and a report per condition.
     ``workers`` > 1 trains that many runs side by side (:mod:`grpo_guard.parallel`). Returns the path of
     ``study.md``."""
-    from .report import build_report
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     extra = list(extra or [])
@@ -233,8 +231,6 @@ def _stats(values) -> dict:
 def _eval_points(run, key: str) -> tuple[np.ndarray, np.ndarray]:
     """(evaluation proxy, ``key``) of a run in epoch order, starting with the base model's evaluation
     (``base_eval.json``) when the run wrote one."""
-    from .report.runs import _num
-
     rows = list(run.epoch_rows)
     base = run.path / "base_eval.json"
     if base.is_file():
@@ -244,7 +240,7 @@ def _eval_points(run, key: str) -> tuple[np.ndarray, np.ndarray]:
             pass
     px, gd = [], []
     for r in rows:
-        p, g = _num(r.get("eval/proxy_reward_mean")), _num(r.get(key))
+        p, g = as_number(r.get("eval/proxy_reward_mean")), as_number(r.get(key))
         if math.isfinite(p) and math.isfinite(g):
             px.append(p)
             gd.append(g)
@@ -254,8 +250,6 @@ def _eval_points(run, key: str) -> tuple[np.ndarray, np.ndarray]:
 def summarize_condition(plan: StudyPlan, cond: Condition, cdir: Path, clips: dict) -> dict:
     """Per-arm numbers of one condition (see the module docstring); gold at matched proxy is taken at
     the highest proxy level that every seed of both the arm and the baseline reached."""
-    from .report.runs import load_run
-
     runs = {arm: [load_run(cdir / f"{arm}_s{s}") for s in plan.seeds] for arm in plan.arms}
     base_runs = runs.get(plan.baseline, [])
     arms_out = {}
@@ -296,8 +290,6 @@ def _matched(arm_runs, base_runs, key: str) -> dict | None:
     """Gold ``key`` of the arm and the baseline at a matched proxy GAIN (proxy minus the run's own
     starting evaluation; runs with the same seed share the evaluation noise and the start, so the
     comparison is paired by seed): the largest gain every run of both reached."""
-    from .report.runs import gold_at_proxy
-
     pts = {id(r): _eval_points(r, key) for r in [*arm_runs, *base_runs]}
     if not all(p[0].size for p in pts.values()):
         return None

@@ -19,6 +19,8 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor, nn
 
+from ..core import flow_sigmas
+from ..sharding import full_tensor, shard_like
 __all__ = ["Conditioning", "Backbone", "set_training_mode"]
 
 
@@ -126,8 +128,6 @@ class Backbone(nn.Module):
     def sigmas(self, num_steps: int, shift: float) -> Tensor:
         """The (num_steps + 1,) sigma grid from 1 to 0 that sampling and training use: the static-shift
         grid by default (SD3); Flux overrides it with its resolution-dependent shift."""
-        from ..core import flow_sigmas
-
         return flow_sigmas(num_steps, shift)
 
     # -- images --------------------------------------------------------------------------------
@@ -190,15 +190,11 @@ class Backbone(nn.Module):
         """The trainable weights only (what a checkpoint or a LoRA export holds), as whole tensors, named
         relative to :attr:`state_dict_root`. With sharded weights (``train.fsdp``) this gathers them:
         every process must call it."""
-        from ..sharding import full_tensor
-
         return {k: full_tensor(v) for k, v in self._trainable_named_parameters().items()}
 
     def load_trainable_state_dict(self, state: dict[str, Tensor]) -> None:
         """Load whole tensors (from :meth:`trainable_state_dict`) into the trainable weights, sliced into
         this process's shard when they are sharded. Exactly the trainable weights must be given."""
-        from ..sharding import shard_like
-
         params = self._trainable_named_parameters()
         missing, unknown = sorted(set(params) - set(state)), sorted(set(state) - set(params))
         if missing or unknown:

@@ -109,6 +109,7 @@ class DiffusersBackbone(Backbone):
             self.transformer.requires_grad_(True)
             self.reference_transformer = copy.deepcopy(self.transformer).requires_grad_(False).eval()
         else:
+            # peft and diffusers: imported where used (seconds to import; runs that need none skip it)
             from peft import LoraConfig
 
             if not (isinstance(lora_rank, int) and lora_rank >= 1):

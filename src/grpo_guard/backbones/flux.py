@@ -43,6 +43,7 @@ class FluxBackbone(DiffusersBackbone):
     packed = True
 
     def __init__(self, pipe, *, max_sequence_length: int = 512, dynamic_shift: bool = True, **kw):
+        # diffusers: imported where used (seconds to import; runs that need none skip it)
         from diffusers import FluxPipeline
 
         self.pipeline_cls = FluxPipeline

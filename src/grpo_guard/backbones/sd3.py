@@ -28,6 +28,7 @@ class SD3Backbone(DiffusersBackbone):
     default_lora_targets = SD3_LORA_TARGETS
 
     def __init__(self, pipe, *, max_sequence_length: int = 256, negative_prompt: str = "", **kw):
+        # diffusers: imported where used (seconds to import; runs that need none skip it)
         from diffusers import StableDiffusion3Pipeline
 
         self.pipeline_cls = StableDiffusion3Pipeline

@@ -22,7 +22,9 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from ..world.spectral import DECODE_SCALE, NUM_CLASSES, SpectralWorld, make_spectral_world, modes_to_image
+from ..world.data import labels_from_prompts
+from ..world.spectral import (DECODE_SCALE, NUM_CLASSES, SpectralWorld, dct_matrix, image_to_modes, make_spectral_world,
+                              modes_to_image)
 from .base import Backbone, Conditioning
 
 __all__ = ["SpectralBackbone", "make_spectral_backbone", "DECODE_SCALE"]
@@ -48,7 +50,6 @@ class SpectralBackbone(Backbone):
         n = world.n
         self.latent_shape = (1, n, n)
         self.image_size = n
-        from ..world.spectral import dct_matrix
 
         self.register_buffer("lam", world.lam.clone(), persistent=False)
         self.register_buffer("means", world.means.clone(), persistent=False)
@@ -65,8 +66,6 @@ class SpectralBackbone(Backbone):
     # -- prompts ---------------------------------------------------------------------------------
     def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
         """Conditioning whose ``embeds`` (B, 1, 10) is the one-hot class of each digits prompt."""
-        from ..world.data import labels_from_prompts
-
         labels = labels_from_prompts(prompts)
         return Conditioning(nn.functional.one_hot(labels, NUM_CLASSES).float()[:, None])
 
@@ -112,8 +111,6 @@ class SpectralBackbone(Backbone):
 
     def modes_from_images(self, images: Tensor) -> Tensor:
         """Inverse of :meth:`decode`."""
-        from ..world.spectral import image_to_modes
-
         return image_to_modes((images.float() - 0.5) * DECODE_SCALE, self.dct)
 
     # -- training --------------------------------------------------------------------------------

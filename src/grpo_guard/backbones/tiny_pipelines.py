@@ -22,6 +22,7 @@ __all__ = ["tiny_sd3_pipeline", "tiny_flux_pipeline", "save_tiny_pipeline", "cli
 
 
 def clip_tokenizer(max_len: int = 77):
+    # transformers, tokenizers and diffusers: imported where used (seconds to import; runs that need none skip it)
     from tokenizers.pre_tokenizers import ByteLevel
     from transformers import CLIPTokenizer
 

@@ -13,10 +13,11 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
+
 from torch import Tensor, nn
 
 from ..world.generator import (LORA_TARGETS, GeneratorConfig, GeneratorState, SD3Velocity, latents_to_images,
@@ -27,6 +28,7 @@ __all__ = ["ToyBackbone", "ToyBackboneConfig", "build_toy_backbone"]
 
 
 def _tuner_layers(module: nn.Module):
+    # peft (it imports transformers): imported where used (seconds to import; runs that need none skip it)
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     return [m for m in module.modules() if isinstance(m, BaseTunerLayer)]
@@ -209,8 +211,6 @@ def make_toy_backbone(params: dict, ctx) -> ToyBackbone:
     """Registry constructor: ``backbone.params`` are :class:`ToyBackboneConfig` fields; ``generator`` may
     be a mapping of extra :class:`GeneratorConfig` fields. Pretrained weights are cached under
     ``ctx.cache_dir / "toy"`` unless ``cache_dir`` is given."""
-    from dataclasses import fields
-
     params = dict(params)
     known = {f.name for f in fields(ToyBackboneConfig)}
     unknown = sorted(set(params) - known)

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.ticker import FormatStrFormatter
 
-from ..report.figures import _new_figure, _note, _save
+from ..report.figures import figure_note, new_figure, save_figure
 from .settings import OVERHEAD_TARGET, REFERENCE_TARGET, WINDOW_TOLERANCE
 
 __all__ = ["fig_bench"]
@@ -58,7 +58,7 @@ def _overhead_panel(ax, settings: list[dict]) -> None:
 def _reference_panel(ax, settings: list[dict]) -> None:
     measured = [r for r in settings if "ours_over_reference" in r]
     if not measured:
-        _note(ax, "no paired reference-loop run")
+        figure_note(ax, "no paired reference-loop run")
         return
     for i, r in enumerate(measured):
         ax.bar(i, r["ours_over_reference"], color=_BAR, alpha=0.55)
@@ -76,7 +76,7 @@ def _reference_panel(ax, settings: list[dict]) -> None:
 
 def _window_panel(ax, window: dict | None) -> None:
     if not window:
-        _note(ax, "SDE window not measured (--quick or --settings)")
+        figure_note(ax, "SDE window not measured (--quick or --settings)")
         return
     ratios = window.get("update_ratio_epochs") or [window["update_ratio"]]
     epochs = np.arange(2, len(ratios) + 2)  # epoch 1 (warm-up) is dropped
@@ -93,7 +93,7 @@ def _window_panel(ax, window: dict | None) -> None:
 
 def _scaling_panel(ax, scaling: dict, key: str, exponent: str, ylabel: str, title: str) -> None:
     if not scaling:
-        _note(ax, "scaling not measured (--quick or --settings)")
+        figure_note(ax, "scaling not measured (--quick or --settings)")
         return
     lo = np.inf
     for axis, sc in scaling.items():
@@ -117,7 +117,7 @@ def _scaling_panel(ax, scaling: dict, key: str, exponent: str, ylabel: str, titl
 
 def _memory_panel(ax, memory: dict | None) -> None:
     if not memory or not memory.get("rss_curve_mb"):
-        _note(ax, "memory run not measured")
+        figure_note(ax, "memory run not measured")
         return
     epochs, mb = zip(*memory["rss_curve_mb"])
     ax.plot(epochs, mb, "o-", color=_DOT, ms=3)
@@ -129,7 +129,7 @@ def _memory_panel(ax, memory: dict | None) -> None:
 
 def fig_bench(res: dict, path: str | Path) -> Path:
     """Write the six panels of a bench run's results ``res`` (the ``bench.json`` dict) to ``path`` (PNG)."""
-    fig = _new_figure(15, 8.5)
+    fig = new_figure(15, 8.5)
     axes = fig.subplots(2, 3)
     settings = res.get("settings", [])
     _overhead_panel(axes[0, 0], settings)
@@ -146,7 +146,7 @@ def fig_bench(res: dict, path: str | Path) -> Path:
                  f"{machine.get('device', 'cpu')}, torch {machine.get('torch', '?')}, {res.get('epochs', '?')} "
                  "epochs per measurement"
                  + (f" ({longer})" if longer else ""), fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_choice, check_finite, check_per_sample, check_same_shape
-from .sde import REDUCTIONS, _cast, _compute_dtype, sde_velocity_gain
+from .sde import REDUCTIONS, cast_to, compute_dtype, sde_velocity_gain
 
 __all__ = [
     "RATIO_MODES",
@@ -66,9 +66,9 @@ def ratio_bias(mean: Tensor, old_mean: Tensor, std: Tensor, reduction: str = "me
     log-prob). It equals the exact KL(old || current) of the two step Gaussians (per dimension).
     Gradient flows through ``mean``.
     """
-    dtype = _compute_dtype(mean.dtype)
-    sq = _reduce_dims((_cast(mean, dtype) - _cast(old_mean, dtype)).pow(2), reduction)
-    return sq / (2 * _cast(std, dtype) ** 2)
+    dtype = compute_dtype(mean.dtype)
+    sq = _reduce_dims((cast_to(mean, dtype) - cast_to(old_mean, dtype)).pow(2), reduction)
+    return sq / (2 * cast_to(std, dtype) ** 2)
 
 
 def transform_log_ratio(log_ratio: Tensor, bias: Tensor | None, scale: Tensor | None, ratio_mode: str) -> Tensor:
@@ -214,8 +214,8 @@ def policy_loss(
         if dt is not None and bool((dt >= 0).any()):
             raise ValueError("dt: every value must be < 0 (sigma_next - sigma)")
 
-    dtype = _compute_dtype(log_prob.dtype)
-    log_ratio = _cast(log_prob, dtype) - _cast(old_log_prob, dtype)
+    dtype = compute_dtype(log_prob.dtype)
+    log_ratio = cast_to(log_prob, dtype) - cast_to(old_log_prob, dtype)
 
     bias = None
     if mean is not None and old_mean is not None and std is not None:
@@ -224,20 +224,20 @@ def policy_loss(
             sq = _reduce_dims((mean.to(dtype) - old_mean.to(dtype)).pow(2), reduction)
             bias = (sq.mean() / (2 * scale**2)).expand(n)
         else:
-            scale = _cast(std, dtype)
+            scale = cast_to(std, dtype)
             bias = ratio_bias(mean, old_mean, std, reduction)
     else:
         scale = None
     log_ratio_used = transform_log_ratio(log_ratio, bias if needs_bias else None, scale, ratio_mode)
 
     ratio = torch.exp(log_ratio_used)
-    adv = _cast(advantages, dtype)
+    adv = cast_to(advantages, dtype)
     unclipped = -adv * ratio
     clipped = -adv * torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)
     per_entry = torch.maximum(unclipped, clipped)
     weights = step_weights(step_weight, dt=dt, std=std, sigma=sigma, sigma_t=sigma_t)
     if weights is not None:
-        per_entry = per_entry * _cast(weights, dtype)
+        per_entry = per_entry * cast_to(weights, dtype)
     policy = per_entry.mean()
 
     kl = torch.zeros((), dtype=dtype, device=log_prob.device)

@@ -71,13 +71,13 @@ class SDEStepOutput(NamedTuple):
     sigma_t: Tensor
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """float64 stays float64; every other dtype computes in float32 (``promote_types(dtype, float32)``
     for real dtypes, without the dispatcher call, which runs several times per step)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
+def cast_to(t: Tensor, dtype: torch.dtype) -> Tensor:
     """``t.to(dtype)``, skipped when ``t`` already has it: a no-op ``to`` still costs a dispatcher call,
     and the step and the loss cast every input (several dozen calls per training step)."""
     return t if t.dtype == dtype else t.to(dtype)
@@ -152,10 +152,10 @@ def gaussian_log_prob(x: Tensor, mean: Tensor, std: Tensor, reduction: str = "me
         (B,) log-probs in the promoted float dtype (at least float32).
     """
     check_choice("reduction", reduction, REDUCTIONS)
-    dtype = _compute_dtype(mean.dtype)
-    diff = (_cast(x.detach(), dtype) - _cast(mean, dtype)).flatten(1)
+    dtype = compute_dtype(mean.dtype)
+    diff = (cast_to(x.detach(), dtype) - cast_to(mean, dtype)).flatten(1)
     sq = torch.linalg.vecdot(diff, diff)  # (B,) sum over dims of (x - mu)^2
-    std = _cast(std, dtype)
+    std = cast_to(std, dtype)
     # -mean_d (x - mu)^2 / (2 std^2) - log std - log(2 pi) / 2, in five operations
     per_dim = torch.addcdiv(-(torch.log(std) + _HALF_LOG_2PI), sq, std.square(), value=-0.5 / diff.shape[1])
     if reduction == "sum":
@@ -210,7 +210,7 @@ def sde_step(
     if state.ndim < 2:
         raise ValueError(f"state: expected shape (B, *D) with at least 2 dims, got {tuple(state.shape)}")
     bsz = state.shape[0]
-    dtype = _compute_dtype(state.dtype)
+    dtype = compute_dtype(state.dtype)
     if check_inputs or coefficients is None:
         sig = as_per_sample("sigma", sigma, bsz, state).to(dtype)
         sig_next = as_per_sample("sigma_next", sigma_next, bsz, state).to(dtype)
@@ -235,10 +235,10 @@ def sde_step(
         raise ValueError("next_state: a deterministic step (noise_level=0) has no density to evaluate")
 
     bshape = (bsz,) + (1,) * (state.ndim - 1)
-    x = _cast(state, dtype)
-    v = _cast(velocity, dtype)
+    x = cast_to(state, dtype)
+    v = cast_to(velocity, dtype)
     coef = coefficients if coefficients is not None else sde_coefficients(sig, sig_next, noise_level, sde_type)
-    c_x, c_v, std, sigma_t = (_cast(t, dtype) for t in coef)
+    c_x, c_v, std, sigma_t = (cast_to(t, dtype) for t in coef)
     if std.ndim == 0:  # one step for the whole batch: the coefficients broadcast as scalars
         mean = x * c_x + v * c_v
         std_b, std, sigma_t = std, std.expand(bsz), sigma_t.expand(bsz)
@@ -251,8 +251,8 @@ def sde_step(
     if next_state is None:
         if noise is None:
             noise = torch.randn(state.shape, generator=generator, device=state.device, dtype=dtype)
-        next_state = torch.addcmul(mean, std_b, _cast(noise, dtype))
+        next_state = torch.addcmul(mean, std_b, cast_to(noise, dtype))
     else:
-        next_state = _cast(next_state, dtype)
+        next_state = cast_to(next_state, dtype)
     log_prob = gaussian_log_prob(next_state, mean, std, reduction) if with_log_prob else None
     return SDEStepOutput(next_state.detach(), log_prob, mean, std, sigma_t)

@@ -17,6 +17,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+from PIL import Image
 
 from .runs import GOLD_KEY, Method, Run, gold_at_proxy, gold_proxy_points, matched_proxy_range
 
@@ -39,14 +40,14 @@ def method_colors(methods: list[Method]) -> dict[str, str]:
     return {m.label: _PALETTE[i % len(_PALETTE)] for i, m in enumerate(methods)}
 
 
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
     """A Figure on an Agg canvas."""
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
 
-def _save(fig: Figure, path: str | Path, dpi: int = DPI) -> Path:
+def save_figure(fig: Figure, path: str | Path, dpi: int = DPI) -> Path:
     """Write ``fig`` as PNG to ``path`` atomically and return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -66,7 +67,7 @@ def _int_x(ax, label: str) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def _note(ax, text: str) -> None:
+def figure_note(ax, text: str) -> None:
     """Write a 'nothing to plot' note in an axes."""
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=9, color="0.4",
             wrap=True)
@@ -165,7 +166,7 @@ def _panels_vs_epoch(methods: list[Method], panels: list[tuple[str, str]], path:
     colors = method_colors(methods)
     ncols = 3
     nrows = math.ceil(len(panels) / ncols)
-    fig = _new_figure(4.3 * ncols, 3.1 * nrows)
+    fig = new_figure(4.3 * ncols, 3.1 * nrows)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax, (key, title) in zip(axes, panels):
         drew = False
@@ -180,7 +181,7 @@ def _panels_vs_epoch(methods: list[Method], panels: list[tuple[str, str]], path:
                         ax.axvline(he, color=colors[m.label], ls=":", lw=1.2)
         ax.set_title(title, fontsize=10)
         if not drew:
-            _note(ax, f"no {key} logged")
+            figure_note(ax, f"no {key} logged")
             continue
         if unit_line(key):
             ax.axhline(1.0, color="0.5", lw=0.8, ls="--")
@@ -196,7 +197,7 @@ def _panels_vs_epoch(methods: list[Method], panels: list[tuple[str, str]], path:
                 labels.append(lab)
     if handles:
         fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4), fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def fig_training_curves(methods: list[Method], path: str | Path) -> Path:
@@ -243,7 +244,7 @@ def fig_gold_vs_proxy(methods: list[Method], path: str | Path, gold_key: str = G
     reached each proxy level (seed mean); shaded: the proxy range every run reached, where methods are
     compared (the summary table uses its top)."""
     colors = method_colors(methods)
-    fig = _new_figure(7.0, 4.8)
+    fig = new_figure(7.0, 4.8)
     ax = fig.subplots()
     drew = False
     for m in methods:
@@ -266,8 +267,8 @@ def fig_gold_vs_proxy(methods: list[Method], path: str | Path, gold_key: str = G
                 vals.append(np.mean(v) if v else np.nan)
             ax.plot(levels, vals, color=c, lw=2.4, label=f"{m.label} (n={len(m.runs)})")
     if not drew:
-        _note(ax, f"no evaluation epoch with both proxy and {gold_key} logged")
-        return _save(fig, path)
+        figure_note(ax, f"no evaluation epoch with both proxy and {gold_key} logged")
+        return save_figure(fig, path)
     common = matched_proxy_range(methods, gold_key)
     if common is not None and len(methods) > 1:
         ax.axvspan(common[0], common[1], color="0.85", alpha=0.5, lw=0, label="proxy reached by every run")
@@ -278,7 +279,7 @@ def fig_gold_vs_proxy(methods: list[Method], path: str | Path, gold_key: str = G
     ax.set_title("gold vs proxy: compare methods at matched proxy", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ---- (3) ratio per step --------------------------------------------------------------------------------
@@ -290,7 +291,7 @@ def fig_ratio_per_step(methods: list[Method], path: str | Path) -> Path:
     colors = method_colors(methods)
     panels = [("raw_ratio_mean", True, "raw ratio: mean - 1"), ("raw_ratio_std", False, "raw ratio: std"),
               ("ratio_mean", True, "ratio used by the loss: mean - 1"), ("ratio_std", False, "ratio used: std")]
-    fig = _new_figure(10.5, 7.0)
+    fig = new_figure(10.5, 7.0)
     axes = fig.subplots(2, 2).ravel()
     for ax, (stat, centred, title) in zip(axes, panels):
         plotted = []
@@ -304,7 +305,7 @@ def fig_ratio_per_step(methods: list[Method], path: str | Path) -> Path:
                         ax.axhline(eps, color=colors[m.label], ls="--", lw=0.9)
         ax.set_title(title, fontsize=10)
         if not plotted:
-            _note(ax, f"no step_stats/{stat} logged (needs updates_per_epoch > 1)")
+            figure_note(ax, f"no step_stats/{stat} logged (needs updates_per_epoch > 1)")
             continue
         if centred:
             ax.axhline(0.0, color="0.5", lw=0.8)
@@ -314,21 +315,21 @@ def fig_ratio_per_step(methods: list[Method], path: str | Path) -> Path:
         _int_x(ax, "denoising step (schedule index)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def fig_ratio_heatmap(methods: list[Method], path: str | Path, stat: str = "raw_ratio_mean") -> Path:
     """Heatmap (step x epoch) of ``stat`` - 1 for the first seed of each method (blue: below 1)."""
     n = max(len(methods), 1)
-    fig = _new_figure(min(4.6 * n, 16), 3.6)
+    fig = new_figure(min(4.6 * n, 16), 3.6)
     axes = np.atleast_1d(fig.subplots(1, n, squeeze=False).ravel())
     if not methods:
-        _note(axes[0], "no runs")
+        figure_note(axes[0], "no runs")
     for ax, m in zip(axes, methods):
         steps, epochs, mat = m.first.step_matrix(stat)
         ax.set_title(f"{m.label} (seed {m.first.seed})", fontsize=10)
         if mat.size == 0 or not np.isfinite(mat).any():
-            _note(ax, f"no step_stats/{stat} logged")
+            figure_note(ax, f"no step_stats/{stat} logged")
             continue
         d = (mat - 1.0).T  # rows = steps, cols = epochs
         lim = float(np.nanmax(np.abs(d))) or 1e-12
@@ -341,7 +342,7 @@ def fig_ratio_heatmap(methods: list[Method], path: str | Path, stat: str = "raw_
         cb.formatter.set_powerlimits((-2, 2))
         cb.update_ticks()
         cb.set_label(f"{stat.replace('_mean', '')} mean - 1", fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ---- (4) clip fractions ----------------------------------------------------------------------------------
@@ -352,7 +353,7 @@ def fig_clip_per_step(methods: list[Method], path: str | Path) -> Path:
     colors = method_colors(methods)
     panels = [("clip_high_pos", "upper clip, positive advantage: P(r > 1+eps | A > 0)"),
               ("clip_low_neg", "lower clip, negative advantage: P(r < 1-eps | A < 0)")]
-    fig = _new_figure(10.5, 3.8)
+    fig = new_figure(10.5, 3.8)
     axes = fig.subplots(1, 2).ravel()
     for ax, (stat, title) in zip(axes, panels):
         drew = False
@@ -361,14 +362,14 @@ def fig_clip_per_step(methods: list[Method], path: str | Path) -> Path:
             drew |= _band(ax, x, y, colors[m.label], m.label, marker="o")
         ax.set_title(title, fontsize=10)
         if not drew:
-            _note(ax, f"no step_stats/{stat} logged")
+            figure_note(ax, f"no step_stats/{stat} logged")
             continue
         ax.set_ylim(-0.03, 1.03)
         _int_x(ax, "denoising step (schedule index)")
         ax.set_ylabel("fraction of samples")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ---- (5) gradient norm per step --------------------------------------------------------------------------
@@ -384,7 +385,7 @@ def fig_grad_norm_per_step(methods: list[Method], path: str | Path) -> Path:
     """Per-step gradient norm (mean over the measured epochs, then over seeds), log scale; the legend
     gives the spread (max/min over steps) of the mean profile."""
     colors = method_colors(methods)
-    fig = _new_figure(6.8, 4.4)
+    fig = new_figure(6.8, 4.4)
     ax = fig.subplots()
     drew = False
     for m in methods:
@@ -395,14 +396,14 @@ def fig_grad_norm_per_step(methods: list[Method], path: str | Path) -> Path:
         drew |= _band(ax, x, y, colors[m.label], lab, marker="o")
     ax.set_title("per-step gradient norm", fontsize=10)
     if not drew:
-        _note(ax, "no grad_norm_step logged (train.grad_norm_every = 0?)")
-        return _save(fig, path)
+        figure_note(ax, "no grad_norm_step logged (train.grad_norm_every = 0?)")
+        return save_figure(fig, path)
     _positive_log(ax, [np.asarray(ln.get_ydata(), dtype=float) for ln in ax.get_lines()])
     _int_x(ax, "denoising step (schedule index)")
     ax.set_ylabel("gradient norm")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ---- (6) regime ------------------------------------------------------------------------------------------
@@ -412,7 +413,7 @@ def fig_regime(methods: list[Method], path: str | Path) -> Path:
     the left shift dominates) and drift_u (the policy's mean shift per dimension in noise-std units)."""
     colors = method_colors(methods)
     panels = [("bias_over_spread", "bias / spread of log r"), ("drift_u", "drift u = |dmu| / s per dimension")]
-    fig = _new_figure(10.5, 3.8)
+    fig = new_figure(10.5, 3.8)
     axes = fig.subplots(1, 2).ravel()
     for ax, (stat, title) in zip(axes, panels):
         plotted = []
@@ -422,7 +423,7 @@ def fig_regime(methods: list[Method], path: str | Path) -> Path:
                 plotted.append(y)
         ax.set_title(title, fontsize=10)
         if not plotted:
-            _note(ax, f"no step_stats/{stat} logged")
+            figure_note(ax, f"no step_stats/{stat} logged")
             continue
         _positive_log(ax, plotted)
         if stat == "bias_over_spread":
@@ -430,7 +431,7 @@ def fig_regime(methods: list[Method], path: str | Path) -> Path:
         _int_x(ax, "denoising step (schedule index)")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ---- (7) image grids over training -------------------------------------------------------------------------
@@ -446,8 +447,6 @@ def pick_images(run: Run, count: int = 5) -> list[tuple[int, Path]]:
 
 def _load_thumbnail(path: Path, max_side: int = 720) -> np.ndarray:
     """An image file as a uint8 array, downscaled so its longer side is at most ``max_side`` pixels."""
-    from PIL import Image
-
     with Image.open(path) as im:
         im = im.convert("L" if im.mode in ("L", "I", "I;16", "1") else "RGB")
         im.thumbnail((max_side, max_side), Image.Resampling.BOX)
@@ -460,23 +459,23 @@ def fig_image_strip(method: Method, path: str | Path, count: int = 5) -> Path:
     run = method.first
     picks = pick_images(run, count)
     n = max(len(picks), 1)
-    fig = _new_figure(min(3.2 * n, 17), 3.9)
+    fig = new_figure(min(3.2 * n, 17), 3.9)
     axes = fig.subplots(1, n, squeeze=False).ravel()
     fig.suptitle(f"{method.label}: seed {run.seed} ({run.name})", fontsize=10)
     if not picks:
-        _note(axes[0], "no image grids saved (log.image_every = 0?)")
-        return _save(fig, path)
+        figure_note(axes[0], "no image grids saved (log.image_every = 0?)")
+        return save_figure(fig, path)
     for ax, (num, f) in zip(axes, picks):
         try:
             img = _load_thumbnail(f)
         except Exception as e:  # a corrupt PNG must not stop the report
-            _note(ax, f"{f.name}: unreadable ({type(e).__name__})")
+            figure_note(ax, f"{f.name}: unreadable ({type(e).__name__})")
             continue
         ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255, interpolation="antialiased")
         ax.set_title(f"epoch {num - 1}", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    return _save(fig, path, dpi=IMAGE_DPI)
+    return save_figure(fig, path, dpi=IMAGE_DPI)
 
 
 # ---- all -------------------------------------------------------------------------------------------------

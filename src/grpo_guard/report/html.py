@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .figures import FIGURES, make_figures
+from .figures import FIGURES, make_figures, method_colors
 from .runs import GOLD_KEY, MatchedProxy, Method, Run, load_runs, matched_proxy
 
 __all__ = ["build_report", "MethodSummary", "summarize_method", "render_html"]
@@ -276,8 +276,6 @@ def _figure_html(rel: str, title: str, caption: str) -> str:
 
 def render_html(methods: list[Method], figures: dict[str, Path], out_dir: Path, title: str) -> str:
     """The report page as a string (figure links relative to ``out_dir``)."""
-    from .figures import method_colors
-
     colors = method_colors(methods)
     matched = matched_proxy(methods)
     summaries = [summarize_method(m, matched) for m in methods]

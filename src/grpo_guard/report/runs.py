@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from ..config import RunConfig, config_to_dict
 __all__ = [
     "Run", "Method", "load_run", "load_runs", "group_methods", "method_label", "parse_run_spec",
     "flatten_config", "NON_METHOD_KEYS", "GOLD_KEY", "MatchedProxy", "gold_proxy_points", "gold_at_proxy",
@@ -34,7 +35,7 @@ NON_METHOD_KEYS = ("seed", "cache_dir", "log.", "train.epochs")
 _IMAGE_RE = re.compile(r"^epoch_(\d+)\.png$")
 
 
-def _num(value: Any) -> float:
+def as_number(value: Any) -> float:
     """A metric value as a float; NaN for null, missing, non-numeric and non-finite values."""
     if isinstance(value, bool) or value is None:
         return float("nan")
@@ -48,7 +49,7 @@ def _num_list(value: Any) -> list[float] | None:
     """A per-step list as floats (NaN for bad entries); None when ``value`` is not a list."""
     if not isinstance(value, (list, tuple)):
         return None
-    return [_num(v) for v in value]
+    return [as_number(v) for v in value]
 
 
 @dataclass
@@ -98,8 +99,8 @@ class Run:
     def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
         """``(epochs, values)`` of a scalar metric over the non-skipped epochs, NaN where missing."""
         rows = self.epoch_rows
-        ep = np.array([_num(r.get("epoch")) for r in rows], dtype=float)
-        val = np.array([_num(r.get(key)) for r in rows], dtype=float)
+        ep = np.array([as_number(r.get("epoch")) for r in rows], dtype=float)
+        val = np.array([as_number(r.get(key)) for r in rows], dtype=float)
         return ep, val
 
     def finite_series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -155,7 +156,7 @@ class Run:
             ts = r.get("trained_steps")
             if not (isinstance(ts, list) and len(ts) == len(values)):
                 ts = steps[: len(values)] if len(steps) >= len(values) else list(range(len(values)))
-            eps.append(_num(r.get("epoch")))
+            eps.append(as_number(r.get("epoch")))
             vals.append(dict(zip((int(s) for s in ts), values)))
         all_steps = sorted(set(steps).union(*[v.keys() for v in vals])) if vals else steps
         m = np.full((len(vals), len(all_steps)), np.nan)
@@ -178,7 +179,7 @@ class Run:
 
     def best_gold(self) -> float:
         """Best normalised gold: the monitor's record, else the maximum of ``gold_normalized_avg``."""
-        v = _num(self.last_raw("monitor/best_gold"))
+        v = as_number(self.last_raw("monitor/best_gold"))
         if math.isfinite(v):
             return v
         _, g = self.finite_series("gold_normalized_avg")
@@ -258,7 +259,7 @@ def parse_run_spec(spec: str | Path) -> tuple[Path, str | None]:
     return Path(rest), label
 
 
-def _read_metrics(path: Path) -> tuple[list[dict], int]:
+def read_metrics(path: Path) -> tuple[list[dict], int]:
     """Rows of ``metrics.jsonl`` (last row wins per epoch), sorted by epoch; and the count of bad lines."""
     by_epoch: dict[float, dict] = {}
     order: list[dict] = []
@@ -274,7 +275,7 @@ def _read_metrics(path: Path) -> tuple[list[dict], int]:
         if not isinstance(row, dict):
             bad += 1
             continue
-        ep = _num(row.get("epoch"))
+        ep = as_number(row.get("epoch"))
         if math.isfinite(ep):
             by_epoch[ep] = row
         else:
@@ -285,8 +286,6 @@ def _read_metrics(path: Path) -> tuple[list[dict], int]:
 
 def _default_config() -> dict:
     """The config defaults (so an older, sparser ``config.yaml`` still has every key)."""
-    from ..config import RunConfig, config_to_dict
-
     return config_to_dict(RunConfig())
 
 
@@ -314,7 +313,7 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
         raise ValueError(f"{cfg_path}: unreadable config ({e})") from None
     if not isinstance(raw, dict):
         raise ValueError(f"{cfg_path}: expected a mapping, got {type(raw).__name__}")
-    rows, bad = _read_metrics(met_path)
+    rows, bad = read_metrics(met_path)
     if not rows:
         raise ValueError(f"{met_path}: no epochs logged yet")
     best = None
@@ -368,7 +367,7 @@ def method_label(config: dict) -> str:
     lo = config.get("loss") if isinstance(config.get("loss"), dict) else {}
     mode = lo.get("ratio_mode", "plain")
     weight = lo.get("step_weight", "none")
-    kl = _num(lo.get("kl_coef", 0.0))
+    kl = as_number(lo.get("kl_coef", 0.0))
     kl = kl if math.isfinite(kl) else 0.0
     named = {
         ("plain", "none"): "Flow-GRPO",
@@ -465,10 +464,10 @@ def gold_proxy_points(run: Run, gold_key: str = GOLD_KEY) -> tuple[np.ndarray, n
     training proxy of that epoch."""
     px, gd = [], []
     for r in run.epoch_rows:
-        g = _num(r.get(gold_key))
-        p = _num(r.get("eval/proxy_reward_mean"))
+        g = as_number(r.get(gold_key))
+        p = as_number(r.get("eval/proxy_reward_mean"))
         if not math.isfinite(p):
-            p = _num(r.get("proxy_reward_mean"))
+            p = as_number(r.get("proxy_reward_mean"))
         if math.isfinite(g) and math.isfinite(p):
             px.append(p)
             gd.append(g)

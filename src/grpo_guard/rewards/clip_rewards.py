@@ -109,7 +109,7 @@ class Params:
         return tuple(float(x) for x in v)  # type: ignore[return-value]
 
 
-def _first_line(e: BaseException, limit: int = 200) -> str:
+def first_line(e: BaseException, limit: int = 200) -> str:
     text = " ".join(str(e).split()) or type(e).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -137,9 +137,9 @@ def load_pretrained(loader: Callable, ref: str | os.PathLike, *, reward: str, ke
     except Exception as e:  # noqa: BLE001 - hub, IO and format errors all become one line
         if path.exists():
             raise RewardUnavailable(f"rewards: {reward}: cannot load {ref!r} from params.{key} "
-                                    f"({type(e).__name__}: {_first_line(e)})") from None
+                                    f"({type(e).__name__}: {first_line(e)})") from None
         raise RewardUnavailable(f"rewards: {reward}: model {ref!r} is not available locally and could not be "
-                                f"downloaded ({_first_line(e, 120)}); download it first (`hf download {ref}`, "
+                                f"downloaded ({first_line(e, 120)}); download it first (`hf download {ref}`, "
                                 f"with network) or set params.{key} to a local directory") from None
 
 
@@ -148,6 +148,7 @@ def resolve_checkpoint(reward: str, checkpoint, repo: str, filename: str, cache_
     hub repo ``repo`` (from the Hugging Face cache, downloaded if needed). One-line
     :class:`RewardUnavailable` when it is not there."""
     if checkpoint is None:
+        # huggingface_hub and transformers: imported where used (seconds to import; runs that need none skip it)
         from huggingface_hub import hf_hub_download
 
         try:
@@ -155,7 +156,7 @@ def resolve_checkpoint(reward: str, checkpoint, repo: str, filename: str, cache_
                                          cache_dir=str(Path(cache_dir).expanduser()) if cache_dir else None)
         except Exception as e:  # noqa: BLE001
             raise RewardUnavailable(f"rewards: {reward}: checkpoint {repo}/{filename} is not available "
-                                    f"({_first_line(e, 120)}); download it (`hf download {repo} {filename}`, with "
+                                    f"({first_line(e, 120)}); download it (`hf download {repo} {filename}`, with "
                                     f"network) or set params.checkpoint to the local file") from None
     path = Path(str(checkpoint)).expanduser()
     if not path.is_file():
@@ -239,7 +240,7 @@ def clip_preprocess(images: Tensor, size: int, mean=CLIP_MEAN, std=CLIP_STD) -> 
     return (x - m) / s
 
 
-def _check_inputs(name: str, images: Tensor, prompts) -> list[str]:
+def check_reward_inputs(name: str, images: Tensor, prompts) -> list[str]:
     if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] not in (1, 3):
         shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
         raise ValueError(f"{name}: images must be a (B, 1 or 3, H, W) tensor in [0, 1], got {shape}")
@@ -298,7 +299,7 @@ class ClipReward:
 
     @torch.no_grad()
     def __call__(self, images: Tensor, prompts: list[str], metadata: list[dict] | None = None) -> Tensor:
-        prompts = _check_inputs(self.name, images, prompts)
+        prompts = check_reward_inputs(self.name, images, prompts)
         text = None
         if self.uses_text and prompts:
             unique = list(dict.fromkeys(prompts))
@@ -313,7 +314,7 @@ class ClipReward:
         return torch.cat(out) if out else torch.zeros(0)
 
 
-def _dtype_kwarg() -> str:
+def dtype_kwarg() -> str:
     """``from_pretrained``'s dtype argument: ``dtype`` from transformers 4.56 on, ``torch_dtype`` before."""
     import transformers
 
@@ -339,7 +340,7 @@ def _build_embedder(p: Params, ctx: RewardContext, default_model: str, default_p
     cache_dir = p.get("cache_dir", None)
     return lambda: ClipEmbedder(
         load_pretrained(CLIPModel.from_pretrained, model_ref, reward=p.reward, key="model", cache_dir=cache_dir,
-                        **{_dtype_kwarg(): dtype}),
+                        **{dtype_kwarg(): dtype}),
         load_pretrained(AutoTokenizer.from_pretrained, processor_ref, reward=p.reward, key="processor",
                         cache_dir=cache_dir) if need_tokenizer else None,
         device, dtype, image_size, mean, std)
@@ -403,7 +404,7 @@ def load_aesthetic_mlp(path: str | os.PathLike) -> AestheticMLP:
             sd = torch.load(str(path), weights_only=True, map_location="cpu")
     except Exception as e:  # noqa: BLE001 - any unreadable file is reported in one line
         raise RewardUnavailable(f"rewards: aesthetic: cannot read the MLP weights {str(path)!r} "
-                                f"({type(e).__name__}: {_first_line(e)})") from None
+                                f"({type(e).__name__}: {first_line(e)})") from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     linear = (0, 2, 4, 6, 7)
@@ -419,7 +420,7 @@ def load_aesthetic_mlp(path: str | os.PathLike) -> AestheticMLP:
     try:
         mlp.load_state_dict({k: v.float() for k, v in sd.items()})
     except RuntimeError as e:
-        raise ValueError(f"rewards: aesthetic: {str(path)!r}: inconsistent layer shapes ({_first_line(e)})") from None
+        raise ValueError(f"rewards: aesthetic: {str(path)!r}: inconsistent layer shapes ({first_line(e)})") from None
     return mlp.eval().requires_grad_(False)
 
 

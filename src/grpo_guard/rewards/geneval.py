@@ -37,14 +37,14 @@ from torch import Tensor
 
 from ..prompt_sets import COCO_CLASSES, GENEVAL_COLORS
 from .base import RewardContext
-from .clip_rewards import (ClipEmbedder, Params, RewardUnavailable, _check_inputs, _dtype_kwarg, _first_line,
+from .clip_rewards import (ClipEmbedder, Params, RewardUnavailable, check_reward_inputs, dtype_kwarg, first_line,
                            clip_preprocess, load_pretrained)
 from .geneval_rules import (COUNTING_THRESHOLD, DETECTION_THRESHOLD, MAX_OBJECTS, POSITION_THRESHOLD, Detection,
                             GenevalVerdict, check_metadata, judge)
 
 __all__ = ["GENEVAL_DETECTOR", "GENEVAL_CLIP", "IMAGENET_MEAN", "IMAGENET_STD", "COLOUR_TEMPLATES", "BACKGROUND_GREY",
-           "detector_input", "instance_detections", "class_names", "object_crop", "Mask2FormerDetector", "ClipColourClassifier", "GenevalEngine",
-           "GenevalReward", "make_geneval", "make_geneval_strict"]
+           "detector_input", "instance_detections", "class_names", "object_crop", "Mask2FormerDetector",
+           "ClipColourClassifier", "GenevalEngine", "GenevalReward", "make_geneval", "make_geneval_strict"]
 
 GENEVAL_DETECTOR = "facebook/mask2former-swin-small-coco-instance"
 GENEVAL_CLIP = "openai/clip-vit-large-patch14"
@@ -237,7 +237,7 @@ class GenevalReward:
 
     @torch.no_grad()
     def __call__(self, images: Tensor, prompts: list[str], metadata: list[dict] | None = None) -> Tensor:
-        prompts = _check_inputs(self.name, images, prompts)
+        prompts = check_reward_inputs(self.name, images, prompts)
         metadata = list(metadata) if metadata is not None else [{} for _ in prompts]
         verdicts = self.engine.verdicts(images, prompts, metadata)
         return torch.tensor([float(v.passed) if self.strict else v.score for v in verdicts], dtype=torch.float32)
@@ -248,6 +248,7 @@ _ENGINES: dict[str, GenevalEngine] = {}
 
 
 def _engine(p: Params, ctx: RewardContext) -> GenevalEngine:
+    # transformers: imported where used (seconds to import; runs that need none skip it)
     from transformers import AutoTokenizer, CLIPModel, Mask2FormerForUniversalSegmentation
 
     detector_ref = p.get("detector", GENEVAL_DETECTOR)
@@ -271,15 +272,15 @@ def _engine(p: Params, ctx: RewardContext) -> GenevalEngine:
     if key in _ENGINES:
         return _ENGINES[key]
     model = load_pretrained(Mask2FormerForUniversalSegmentation.from_pretrained, detector_ref, reward=p.reward,
-                            key="detector", cache_dir=cache_dir, **{_dtype_kwarg(): dtype})
+                            key="detector", cache_dir=cache_dir, **{dtype_kwarg(): dtype})
     try:
         detector = Mask2FormerDetector(model, device, dtype, resolution=resolution, max_size=max_size,
                                        max_per_image=max_per_image, batch_size=batch_size)
     except ValueError as e:
-        raise RewardUnavailable(f"rewards: {p.reward}: params.detector {detector_ref!r}: {_first_line(e)}") from None
+        raise RewardUnavailable(f"rewards: {p.reward}: params.detector {detector_ref!r}: {first_line(e)}") from None
     clip = ClipEmbedder(
         load_pretrained(CLIPModel.from_pretrained, clip_ref, reward=p.reward, key="clip", cache_dir=cache_dir,
-                        **{_dtype_kwarg(): dtype}),
+                        **{dtype_kwarg(): dtype}),
         load_pretrained(AutoTokenizer.from_pretrained, clip_ref, reward=p.reward, key="clip", cache_dir=cache_dir),
         device, dtype)
     engine = GenevalEngine(detector, ClipColourClassifier(clip), **rules)

@@ -25,7 +25,7 @@ import re
 from torch import Tensor
 
 from .base import RewardContext
-from .clip_rewards import (ClipEmbedder, ClipReward, Params, RewardUnavailable, _first_line, check_heads, count_blocks,
+from .clip_rewards import (ClipEmbedder, ClipReward, Params, RewardUnavailable, first_line, check_heads, count_blocks,
                            load_exact, load_pretrained, load_state_dict_file, resolve_checkpoint)
 
 __all__ = ["HPS_REPO", "HPS_FILES", "HPS_TOKENIZER", "openclip_to_clip", "make_hpsv2"]
@@ -73,6 +73,7 @@ def openclip_to_clip(state: dict[str, Tensor], *, vision_heads: int, text_heads:
         ``(CLIPConfig, state_dict)``; the sizes are read from the weights' shapes. Raises ``ValueError``
         naming the first keys it does not know (another architecture) or misses.
     """
+    # transformers: imported where used (seconds to import; runs that need none skip it)
     from transformers import CLIPConfig
 
     if state and all(k.startswith("module.") for k in state):
@@ -170,7 +171,7 @@ def make_hpsv2(params: dict, ctx: RewardContext) -> ClipReward:
         model = load_exact(CLIPModel, config, weights)
     except Exception as e:  # noqa: BLE001 - unreadable files and foreign architectures: one line
         raise RewardUnavailable(f"rewards: hpsv2: cannot build HPS from {str(path)!r} "
-                                f"({type(e).__name__}: {_first_line(e)})") from None
+                                f"({type(e).__name__}: {first_line(e)})") from None
     if tokenizer.eos_token_id is None or tokenizer.eos_token_id >= config.text_config.vocab_size:
         raise RewardUnavailable(f"rewards: hpsv2: the tokenizer {tokenizer_ref!r} does not fit the checkpoint "
                                 f"(end-of-text id {tokenizer.eos_token_id}, vocabulary "

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .base import RewardContext
-from .clip_rewards import (CLIP_MEAN, CLIP_STD, Params, RewardUnavailable, _check_inputs, _first_line, check_heads,
+from .clip_rewards import (CLIP_MEAN, CLIP_STD, Params, RewardUnavailable, check_reward_inputs, first_line, check_heads,
                            clip_preprocess, count_blocks, load_exact, load_pretrained, load_state_dict_file,
                            resolve_checkpoint)
 
@@ -97,6 +97,7 @@ def imagereward_to_blip(state: dict[str, Tensor], *, vision_heads: int = 16, tex
     ViT-L's 16 and BERT-base's 12, are not in the shapes) and the weights under the modules' names.
     Raises ``ValueError`` naming keys it does not know or misses.
     """
+    # transformers: imported where used (seconds to import; runs that need none skip it)
     from transformers import BlipTextConfig, BlipVisionConfig
 
     vision: dict[str, Tensor] = {}
@@ -182,7 +183,7 @@ class ImageRewardReward:
 
     @torch.no_grad()
     def __call__(self, images: Tensor, prompts: list[str], metadata: list[dict] | None = None) -> Tensor:
-        prompts = _check_inputs(self.name, images, prompts)
+        prompts = check_reward_inputs(self.name, images, prompts)
         out = []
         for i in range(0, images.shape[0], self.batch_size):
             x = clip_preprocess(images[i:i + self.batch_size].to(self.device), self.image_size, CLIP_MEAN,
@@ -217,7 +218,7 @@ def make_imagereward(params: dict, ctx: RewardContext) -> ImageRewardReward:
         model = build_imagereward_model(load_state_dict_file(path), vision_heads=vision_heads, text_heads=text_heads)
     except Exception as e:  # noqa: BLE001 - unreadable files and foreign architectures: one line
         raise RewardUnavailable(f"rewards: imagereward: cannot build ImageReward from {str(path)!r} "
-                                f"({type(e).__name__}: {_first_line(e)})") from None
+                                f"({type(e).__name__}: {first_line(e)})") from None
     vocab = model.text.config.vocab_size
     if len(tokenizer) != vocab:
         raise RewardUnavailable(f"rewards: imagereward: the tokenizer {tokenizer_ref!r} has {len(tokenizer)} tokens "

@@ -18,15 +18,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from PIL import Image
 from .base import RewardContext
-from .clip_rewards import Params, _check_inputs
+from .clip_rewards import Params, check_reward_inputs
 
 __all__ = ["jpeg_size_kb", "JpegReward", "make_jpeg_compressibility", "make_jpeg_incompressibility"]
 
 
 def _to_pil(image: Tensor):
-    from PIL import Image
-
     arr = (image.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
     if arr.shape[0] == 1:
         return Image.fromarray(arr[0].numpy())  # uint8 (H, W): "L"
@@ -51,7 +50,7 @@ class JpegReward:
 
     @torch.no_grad()
     def __call__(self, images: Tensor, prompts: list[str], metadata: list[dict] | None = None) -> Tensor:
-        _check_inputs(self.name, images, prompts)
+        check_reward_inputs(self.name, images, prompts)
         return self.sign * jpeg_size_kb(images, self.quality)
 
 

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from .base import RewardContext
-from .clip_rewards import Params, RewardUnavailable, _check_inputs, _first_line
+from .clip_rewards import Params, RewardUnavailable, check_reward_inputs, first_line
 
 __all__ = ["RewardUnavailable", "require", "make_ocr", "OcrReward", "levenshtein", "ocr_text_reward", "quoted_text"]
 
@@ -38,10 +38,10 @@ def require(module: str, reward: str, install: str) -> Any:
             raise RewardUnavailable(f"rewards: {reward}: needs the optional package {install.split()[0]!r}, which "
                                     f"is not installed: pip install {install}") from None
         raise RewardUnavailable(f"rewards: {reward}: importing {module!r} failed: a dependency is missing "
-                                f"({_first_line(e)}); pip install {install}") from None
+                                f"({first_line(e)}); pip install {install}") from None
     except Exception as e:  # noqa: BLE001 - a broken install (e.g. a torchvision built for another torch)
         raise RewardUnavailable(f"rewards: {reward}: importing {module!r} failed ({type(e).__name__}: "
-                                f"{_first_line(e)}); reinstall it beside this torch: pip install {install}") from None
+                                f"{first_line(e)}); reinstall it beside this torch: pip install {install}") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -90,7 +90,7 @@ def _rapidocr_engine(lang: str) -> Callable:
         engine = mod.RapidOCR()
     except Exception as e:  # noqa: BLE001 - a broken onnxruntime install
         raise RewardUnavailable(f"rewards: ocr: RapidOCR could not start ({type(e).__name__}: "
-                                f"{_first_line(e, 120)}); reinstall it: pip install rapidocr-onnxruntime") from None
+                                f"{first_line(e, 120)}); reinstall it: pip install rapidocr-onnxruntime") from None
 
     def read(rgb) -> list[tuple[str, float]]:
         result, _ = engine(rgb[..., ::-1].copy())  # RapidOCR takes OpenCV (BGR) arrays
@@ -110,7 +110,7 @@ def _paddle_engine(lang: str) -> Callable:
             ocr = mod.PaddleOCR(use_angle_cls=False, lang=lang, show_log=False)
     except Exception as e:  # noqa: BLE001 - usually its model download failing offline
         raise RewardUnavailable(f"rewards: ocr: PaddleOCR could not load its models ({type(e).__name__}: "
-                                f"{_first_line(e, 120)}); run it once with network access so that it downloads "
+                                f"{first_line(e, 120)}); run it once with network access so that it downloads "
                                 f"them, or set params.engine to another 'module:function'") from None
 
     def read(rgb) -> list[tuple[str, float]]:
@@ -145,7 +145,7 @@ class OcrReward:
 
     @torch.no_grad()
     def __call__(self, images: Tensor, prompts: list[str], metadata: list[dict] | None = None) -> Tensor:
-        prompts = _check_inputs(self.name, images, prompts)
+        prompts = check_reward_inputs(self.name, images, prompts)
         metadata = list(metadata) if metadata is not None else [{} for _ in prompts]
         rgb = (images.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
         rgb = rgb.expand(-1, 3, -1, -1) if rgb.shape[1] == 1 else rgb
@@ -186,7 +186,7 @@ def make_ocr(params: dict, ctx: RewardContext) -> OcrReward:
         try:
             factory = getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as e:
-            raise p.error("engine", f"cannot import {engine!r} ({_first_line(e)})") from None
+            raise p.error("engine", f"cannot import {engine!r} ({first_line(e)})") from None
         read = factory(lang)
     else:
         raise p.error("engine", f"expected 'rapidocr', 'paddleocr', a 'module:function' path or a callable, "

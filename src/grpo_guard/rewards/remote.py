@@ -30,7 +30,9 @@ import urllib.request
 from http.client import HTTPException
 from typing import Callable
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 
 from ..core._checks import all_finite
@@ -123,14 +125,11 @@ class RemoteReward:
 
     # -- encoding --
     def _encode(self, x: Tensor) -> dict:
-        import numpy as np
-
         arr = np.ascontiguousarray(x.numpy(), dtype=np.float32)
         if self.format == "npy":
             buf = io.BytesIO()
             np.save(buf, arr, allow_pickle=False)
             return {"format": "npy", "data": base64.b64encode(buf.getvalue()).decode("ascii")}
-        from PIL import Image
 
         c = arr.shape[1]
         if c not in (1, 3):

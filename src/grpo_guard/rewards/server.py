@@ -7,9 +7,9 @@ Standard library only (``http.server``): ``grpo-guard serve-reward NAME`` builds
 * ``POST /score`` with ``{"prompts": [...], "images": {"format": "npy" | "png", "data": ...}}``
   -> ``{"scores": [...]}``, one float per image.
 
-Every request is checked (token, size, JSON shape, batch size, image encoding, dtype, range) before
-anything is decoded in full or scored; a failure is a JSON ``{"error": "<one line>"}`` with a 4xx
-status, and a reward that raises is a 500. Requests are scored one at a time (a lock), so the reward
+Every request is checked (token, size, then the body by :mod:`.score_request`: JSON shape, batch size,
+image encoding, dtype, range) before anything is decoded in full or scored; a failure is a JSON
+``{"error": "<one line>"}`` with a 4xx status, and a reward that raises is a 500. Requests are scored one at a time (a lock), so the reward
 model only ever runs in one thread. Images travel as ``.npy`` (read with ``allow_pickle=False``, after
 its header was checked) or PNG; nothing is ever unpickled. The server binds 127.0.0.1 unless told
 otherwise, and any other address needs a bearer token, read from an environment variable by the CLI.
@@ -18,10 +18,7 @@ The protocol and the client (``grpo_guard.rewards.remote``) are described in doc
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hmac
-import io
 import ipaddress
 import json
 import math
@@ -35,7 +32,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+import yaml
+
 from ..errors import UsageError
+from . import build_reward
+from .base import RewardContext
+from .score_request import RequestError, one_line, parse_score_request
 
 __all__ = ["serve_reward", "make_reward_server", "RewardHTTPServer", "add_serve_reward_parser",
            "DEFAULT_TOKEN_ENV", "DEFAULT_MAX_REQUEST_BYTES", "DEFAULT_MAX_BATCH", "is_loopback"]
@@ -44,30 +47,11 @@ DEFAULT_TOKEN_ENV = "GRPO_GUARD_REWARD_TOKEN"
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_BATCH = 64
 DEFAULT_CACHE_DIR = "~/.cache/grpo-guard"
-#: a PNG may not decode to more pixels than this (decompression bombs)
-MAX_PNG_PIXELS = 4096 * 4096
 #: seconds a connection may stay silent (slow or stalled clients cannot hold a thread forever)
 SOCKET_TIMEOUT = 60.0
 #: after an early error (401, 413, ...) at most this much of the unread body is drained, within this time
 LINGER_BYTES = 256 * 1024 * 1024
 LINGER_SECONDS = 2.0
-_NPY_MAGIC = b"\x93NUMPY"
-_GREY_MODES = {"1": "L", "L": "L", "LA": "L", "I;16": "I;16", "I;16B": "I;16", "I;16L": "I;16"}
-_RGB_MODES = {"RGB": "RGB", "RGBA": "RGB", "P": "RGB", "PA": "RGB"}
-
-
-class _RequestError(Exception):
-    """A request the server refuses: an HTTP status and a one-line message."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def is_loopback(host: str) -> bool:
@@ -82,145 +66,6 @@ def is_loopback(host: str) -> bool:
 
 def _url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-# -- decoding and validation of a /score request ------------------------------------------------------
-
-
-def _parse_score_request(body: bytes, max_batch: int):
-    """The JSON body -> (images (B, C, H, W) float32 numpy in [0, 1], prompts, metadata); raises _RequestError."""
-    try:
-        req = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise _RequestError(400, f"malformed JSON body ({_one_line(e, 120)})") from None
-    if not isinstance(req, dict):
-        raise _RequestError(400, f"body: expected a JSON object, got {type(req).__name__}")
-    unknown = sorted(set(req) - {"prompts", "images", "metadata"})
-    if unknown:
-        raise _RequestError(400, f"body: unknown fields {unknown}; expected prompts, images (and optional metadata)")
-    prompts = req.get("prompts")
-    if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
-        raise _RequestError(400, "prompts: expected a list of strings")
-    n = len(prompts)
-    if n == 0:
-        raise _RequestError(400, "prompts: empty batch")
-    if n > max_batch:
-        raise _RequestError(400, f"prompts: batch of {n} is larger than the server's max_batch {max_batch}")
-    metadata = req.get("metadata")
-    if metadata is None:
-        metadata = [{} for _ in prompts]
-    elif not isinstance(metadata, list) or not all(isinstance(m, dict) for m in metadata):
-        raise _RequestError(400, "metadata: expected a list of objects")
-    elif len(metadata) != n:
-        raise _RequestError(400, f"metadata: {len(metadata)} entries for {n} prompts")
-    images = req.get("images")
-    if not isinstance(images, dict):
-        raise _RequestError(400, "images: expected an object {\"format\": \"npy\" | \"png\", \"data\": ...}")
-    unknown = sorted(set(images) - {"format", "data"})
-    if unknown:
-        raise _RequestError(400, f"images: unknown fields {unknown}; expected format and data")
-    fmt, data = images.get("format"), images.get("data")
-    if fmt == "npy":
-        if not isinstance(data, str):
-            raise _RequestError(400, "images.data: expected a base64 string of an .npy file for format npy")
-        array = _decode_npy(_b64("images.data", data), n)
-    elif fmt == "png":
-        if not isinstance(data, list) or not all(isinstance(d, str) for d in data):
-            raise _RequestError(400, "images.data: expected a list of base64 PNG strings for format png")
-        if len(data) != n:
-            raise _RequestError(400, f"images.data: {len(data)} images for {n} prompts")
-        array = _decode_pngs([_b64(f"images.data[{i}]", d) for i, d in enumerate(data)])
-    else:
-        raise _RequestError(400, f"images.format: expected 'npy' or 'png', got {_one_line(repr(fmt), 40)}")
-    return array, prompts, metadata
-
-
-def _b64(where: str, text: str) -> bytes:
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise _RequestError(400, f"{where}: not valid base64") from None
-
-
-def _decode_npy(raw: bytes, n: int):
-    """Check the .npy header (magic, version, dtype float32, shape (n, C, H, W), size) before loading."""
-    import numpy as np
-
-    if not raw.startswith(_NPY_MAGIC):
-        raise _RequestError(400, "images.data: not an .npy file (bad magic)")
-    f = io.BytesIO(raw)
-    try:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
-            raise _RequestError(400, f"images.data: unsupported .npy version {version[0]}.{version[1]}")
-    except _RequestError:
-        raise
-    except Exception as e:  # noqa: BLE001 - any header problem is the client's
-        raise _RequestError(400, f"images.data: bad .npy header ({_one_line(e, 120)})") from None
-    if dtype.hasobject or dtype.kind != "f" or dtype.itemsize != 4:
-        raise _RequestError(400, f"images.data: dtype {dtype}, expected float32")
-    if len(shape) != 4:
-        raise _RequestError(400, f"images.data: shape {tuple(shape)}, expected 4 dims (B, C, H, W)")
-    if shape[0] != n:
-        raise _RequestError(400, f"images.data: batch of {shape[0]} images for {n} prompts")
-    if min(shape) < 1:
-        raise _RequestError(400, f"images.data: empty dimension in shape {tuple(shape)}")
-    expected = math.prod(shape) * 4
-    if len(raw) - f.tell() != expected:
-        raise _RequestError(400, f"images.data: {len(raw) - f.tell()} data bytes, shape {tuple(shape)} "
-                                 f"needs {expected}")
-    try:
-        array = np.load(io.BytesIO(raw), allow_pickle=False)
-    except Exception as e:  # noqa: BLE001
-        raise _RequestError(400, f"images.data: cannot read the .npy data ({_one_line(e, 120)})") from None
-    if not isinstance(array, np.ndarray):
-        raise _RequestError(400, "images.data: not a single .npy array")
-    return _check_values(np.array(array, dtype=np.float32, order="C", copy=True))
-
-
-def _check_values(array):
-    import numpy as np
-
-    if not bool(np.isfinite(array).all()):
-        raise _RequestError(400, "images: values contain NaN or Inf")
-    lo, hi = float(array.min()), float(array.max())
-    if lo < 0.0 or hi > 1.0:
-        raise _RequestError(400, f"images: values in [{lo:.4g}, {hi:.4g}], expected [0, 1]")
-    return array
-
-
-def _decode_pngs(blobs: list[bytes]):
-    import numpy as np
-    from PIL import Image
-
-    out = []
-    for i, raw in enumerate(blobs):
-        try:
-            with Image.open(io.BytesIO(raw), formats=["PNG"]) as im:
-                w, h = im.size
-                if w * h > MAX_PNG_PIXELS:
-                    raise _RequestError(400, f"images.data[{i}]: {w}x{h} pixels is more than {MAX_PNG_PIXELS}")
-                mode = _GREY_MODES.get(im.mode) or _RGB_MODES.get(im.mode)
-                if mode is None:
-                    raise _RequestError(400, f"images.data[{i}]: PNG mode {im.mode}, expected grey or RGB")
-                im.load()
-                if mode == "I;16":
-                    a = np.asarray(im, dtype=np.float32) / 65535.0
-                else:
-                    a = np.asarray(im.convert(mode), dtype=np.float32) / 255.0
-        except _RequestError:
-            raise
-        except Exception as e:  # noqa: BLE001 - PIL raises many kinds for a bad file
-            raise _RequestError(400, f"images.data[{i}]: not a decodable PNG ({type(e).__name__})") from None
-        a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
-        if out and a.shape != out[0].shape:
-            raise _RequestError(400, f"images.data[{i}]: shape {a.shape} differs from image 0's {out[0].shape}")
-        out.append(a)
-    return _check_values(np.ascontiguousarray(np.stack(out), dtype=np.float32))
 
 
 # -- the server ---------------------------------------------------------------------------------------
@@ -267,23 +112,21 @@ class RewardHTTPServer(ThreadingHTTPServer):
                 pass
 
     def score(self, array, prompts: list[str], metadata: list[dict]) -> list[float]:
-        import torch
-
         images = torch.from_numpy(array)
         with self.score_lock:
             try:
                 with torch.no_grad():
                     value = self.reward(images, prompts, metadata)
             except Exception as e:  # noqa: BLE001 - the reward's failure is reported, the server lives on
-                raise _RequestError(500, f"reward {self.reward_name} raised {type(e).__name__}: "
-                                         f"{_one_line(self.redact(str(e)), 200)}") from None
+                raise RequestError(500, f"reward {self.reward_name} raised {type(e).__name__}: "
+                                         f"{one_line(self.redact(str(e)), 200)}") from None
         n = len(prompts)
         if not torch.is_tensor(value) or tuple(value.shape) != (n,):
             shape = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
-            raise _RequestError(500, f"reward {self.reward_name} returned {shape}, expected ({n},)")
+            raise RequestError(500, f"reward {self.reward_name} returned {shape}, expected ({n},)")
         scores = [float(v) for v in value.detach().double().cpu().tolist()]
         if not all(math.isfinite(v) for v in scores):
-            raise _RequestError(500, f"reward {self.reward_name} returned NaN or Inf")
+            raise RequestError(500, f"reward {self.reward_name} returned NaN or Inf")
         return scores
 
 
@@ -324,7 +167,7 @@ class _Handler(BaseHTTPRequestHandler):
             short = self.responses.get(code, ("error",))[0]
         except AttributeError:
             short = "error"
-        msg = _one_line(message or short, 200)
+        msg = one_line(message or short, 200)
         self.log_error("code %d, message %s", code, msg)
         body = json.dumps({"error": msg}).encode()
         self.send_response(code, short)
@@ -340,7 +183,7 @@ class _Handler(BaseHTTPRequestHandler):
         """Answer an error and close the connection. ``unread`` body bytes still on the wire are read and
         thrown away first (at most LINGER_BYTES within LINGER_SECONDS, never kept): closing a socket with
         unread data resets it, and the client, still sending, would never see the answer."""
-        message = _one_line(self.server.redact(message), 300)
+        message = one_line(self.server.redact(message), 300)
         self.log_message('"%s" %d error: %s', self.requestline, status, message)
         self._send_json(status, {"error": message}, close=True, extra=extra)
         if unread > 0:
@@ -377,7 +220,7 @@ class _Handler(BaseHTTPRequestHandler):
         path = self._path()
         routes = {"/health": "GET", "/score": "POST"}
         if path not in routes:
-            self._error(404, f"unknown path {_one_line(path, 80)}; use GET /health or POST /score",
+            self._error(404, f"unknown path {one_line(path, 80)}; use GET /health or POST /score",
                         unread=self._declared_length())
         elif routes[path] != method:
             self._method_not_allowed(routes[path])
@@ -451,10 +294,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(400, f"body shorter than its Content-Length ({len(body)} of {length} bytes)")
             return
         try:
-            array, prompts, metadata = _parse_score_request(body, self.server.max_batch)
+            array, prompts, metadata = parse_score_request(body, self.server.max_batch)
             del body
             scores = self.server.score(array, prompts, metadata)
-        except _RequestError as e:
+        except RequestError as e:
             self._error(e.status, e.message)
             return
         self._send_json(200, {"scores": scores})
@@ -497,10 +340,6 @@ def serve_reward(name: str, params: dict, host: str = "127.0.0.1", port: int = 0
     ``ready_callback(host, port)`` is called once the socket is bound (``port`` is the real one when
     0 was asked for). Raises ValueError for bad settings (checked before the reward is built) or
     params the reward rejects."""
-    import torch
-
-    from . import RewardContext, build_reward
-
     token = token or None
     _check_settings(host, port, token, max_request_bytes, max_batch)
     if not isinstance(params, dict):
@@ -508,7 +347,7 @@ def serve_reward(name: str, params: dict, host: str = "127.0.0.1", port: int = 0
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device: {_one_line(e, 120)}") from None
+        raise ValueError(f"device: {one_line(e, 120)}") from None
     ctx = RewardContext(cache_dir=Path(cache_dir).expanduser(), device=dev)
     reward = build_reward(name, dict(params), ctx)
     try:
@@ -528,9 +367,6 @@ def serve_reward(name: str, params: dict, host: str = "127.0.0.1", port: int = 0
 
 
 def _parse_params(items: list[str]) -> dict:
-    import yaml
-
-
     params: dict = {}
     for item in items:
         key, sep, raw = item.partition("=")
@@ -596,9 +432,9 @@ def _cmd_serve_reward(args) -> int:
                      max_request_bytes=max(1, int(args.max_request_mb * 2 ** 20)), max_batch=args.max_batch,
                      ready_callback=ready, cache_dir=args.cache_dir, device=args.device)
     except ValueError as e:
-        raise UsageError(_one_line(str(e).replace(token, "<redacted>") if token else str(e), 400)) from None
+        raise UsageError(one_line(str(e).replace(token, "<redacted>") if token else str(e), 400)) from None
     except OSError as e:  # the address is taken or cannot be bound
-        raise UsageError(_one_line(e.strerror if e.strerror and "cannot bind" in e.strerror else str(e), 400)) \
+        raise UsageError(one_line(e.strerror if e.strerror and "cannot bind" in e.strerror else str(e), 400)) \
             from None
     except KeyboardInterrupt:
         print("reward server stopped", file=sys.stderr, flush=True)

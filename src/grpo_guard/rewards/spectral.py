@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..world.data import labels_from_prompts
+from ..world.spectral import DECODE_SCALE, dct_matrix, image_to_modes, make_spectral_world
 from .base import RewardContext
 
 __all__ = ["make_spectral_proxy", "make_spectral_attribute", "make_spectral_exploit", "make_spectral_gold"]
@@ -27,8 +29,6 @@ __all__ = ["make_spectral_proxy", "make_spectral_attribute", "make_spectral_expl
 
 class _SpectralReader:
     def __init__(self, params: dict, ctx: RewardContext):
-        from ..world.spectral import dct_matrix, make_spectral_world
-
         if ctx.image_size is None:
             raise ValueError("rewards: the spectral rewards need the run's image size (the grid side N)")
         self.world = make_spectral_world(int(ctx.image_size), seed=int(params.pop("world_seed", 0)),
@@ -36,9 +36,6 @@ class _SpectralReader:
         self.dct = dct_matrix(self.world.n).float()
 
     def modes_labels(self, images: Tensor, prompts: list[str]) -> tuple[Tensor, Tensor]:
-        from ..world.data import labels_from_prompts
-        from ..world.spectral import DECODE_SCALE, image_to_modes
-
         n = self.world.n
         if images.ndim != 4 or tuple(images.shape[1:]) != (1, n, n):
             raise ValueError(f"images: expected (B, 1, {n}, {n}) spectral-world images, got {tuple(images.shape)}")

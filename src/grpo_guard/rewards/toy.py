@@ -12,6 +12,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..world.data import labels_from_prompts
+from ..world.gold import DEFAULT_GOLD_AVERAGE, GOLD_HIGHER_IS_BETTER, GoldConfig, train_gold
+from ..world.proxies import build_proxy, hidden_aesthetic
 from .base import RewardContext
 
 __all__ = ["make_classifier_reward", "make_aesthetic_reward", "make_ink_reward", "make_hidden_aesthetic_reward",
@@ -56,15 +59,11 @@ class _WorldReward:
 
     @torch.no_grad()
     def __call__(self, images: Tensor, prompts: list[str], metadata: list[dict] | None = None) -> Tensor:
-        from ..world.data import labels_from_prompts
-
         labels = labels_from_prompts(list(prompts))
         return self._fn(_to_world(images.cpu(), self.resolution), labels).float()
 
 
 def _make_proxy(kind: str, params: dict, ctx: RewardContext) -> _WorldReward:
-    from ..world.proxies import build_proxy
-
     res = _resolution(params, ctx)
     fn = build_proxy(kind, res, seed=params.pop("seed", 0), split_seed=params.pop("split_seed", 0), cache_dir=_world_cache(ctx),
                      verbose=ctx.verbose, **params)
@@ -89,8 +88,6 @@ def make_ink_reward(params: dict, ctx: RewardContext) -> _WorldReward:
 
 def make_hidden_aesthetic_reward(params: dict, ctx: RewardContext) -> _WorldReward:
     """The true stroke-contrast score the aesthetic proxy was trained to regress (a gold 'true attribute')."""
-    from ..world.proxies import hidden_aesthetic
-
     res = _resolution(params, ctx)
     if params:
         raise ValueError(f"params: toy_hidden_aesthetic takes only 'resolution', got {sorted(params)}")
@@ -105,8 +102,6 @@ class ToyGoldEvaluator:
     name = "toy_gold"
 
     def __init__(self, params: dict, ctx: RewardContext):
-        from ..world.gold import DEFAULT_GOLD_AVERAGE, GOLD_HIGHER_IS_BETTER, GoldConfig, train_gold
-
         res = _resolution(params, ctx)
         self.average = tuple(params.pop("average", DEFAULT_GOLD_AVERAGE))
         unknown = set(self.average) - set(GOLD_HIGHER_IS_BETTER)
@@ -119,8 +114,6 @@ class ToyGoldEvaluator:
 
     @torch.no_grad()
     def __call__(self, images: Tensor, prompts: list[str]) -> dict[str, float]:
-        from ..world.data import labels_from_prompts
-
         s = self.evaluator.evaluate(_to_world(images.cpu(), self.resolution), labels_from_prompts(list(prompts)))
         return {k: getattr(s, k) for k in self.higher_is_better}
 

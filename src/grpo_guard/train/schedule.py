@@ -17,7 +17,7 @@ from torch import Tensor
 from ..core import SDECoefficients, sde_coefficients
 from ..core._checks import check_finite
 from ..seeding import derive_generator
-from ..core.sde import _compute_dtype
+from ..core.sde import compute_dtype
 
 __all__ = ["StepSchedule"]
 
@@ -78,7 +78,7 @@ class StepSchedule:
         """(K,) :func:`~grpo_guard.core.sde_coefficients` of every step, in the compute dtype of a state of
         ``dtype`` (float32, or float64 for float64 states) on ``device``; computed once per (device, dtype).
         Elementwise, so each entry is bit for bit what a per-sample call computes."""
-        dtype = _compute_dtype(dtype)
+        dtype = compute_dtype(dtype)
         key = (str(torch.device(device)), dtype)
         table = self._tables.get(key)
         if table is None:

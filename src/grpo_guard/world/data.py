@@ -99,6 +99,7 @@ def _check_resolution(resolution: int) -> None:
 # --------------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=1)
 def _load_digits_cached() -> tuple[Tensor, Tensor]:
+    # scikit-learn: imported where used (seconds to import; runs that need none skip it)
     from sklearn.datasets import load_digits
 
     bunch = load_digits()

@@ -25,7 +25,6 @@ keyed by a hash of the config (never pickle).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import json
@@ -41,7 +40,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from ..core.sde import sde_step
 from .data import make_splits, prompt_for_label
+from .gold import seeded_rng
 
 __all__ = [
     "VOCAB",
@@ -342,6 +343,7 @@ class SD3Velocity(nn.Module):
     def __init__(self, latent_shape: tuple[int, ...], embed_dim: int, pooled_dim: int, layers: int = 4,
                  heads: int = 4, head_dim: int = 32, patch_size: int = 2):
         super().__init__()
+        # diffusers: imported where used (seconds to import; runs that need none skip it)
         from diffusers import SD3Transformer2DModel
 
         cin, h, w = latent_shape
@@ -520,16 +522,9 @@ def generator_config_hash(config: GeneratorConfig) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-@contextlib.contextmanager
-def _seeded(seed: int):
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
-
-
 def build_networks(config: GeneratorConfig) -> tuple[TextEncoder, nn.Module]:
     """Fresh (randomly initialised, seeded by ``config.seed``) text encoder and velocity net."""
-    with _seeded(config.seed):
+    with seeded_rng(config.seed):
         text = TextEncoder(config.text_max_length, config.text_dim, config.text_pooled_dim, config.text_layers)
         shape = config.latent_shape
         if config.net == "mlp":
@@ -682,8 +677,6 @@ def euler_sample(velocity: VelocityFn, noise: Tensor, sigmas: Tensor,
     (:func:`grpo_guard.core.schedule.flow_sigmas`). ``inject = (k, delta)`` adds ``delta`` (broadcast
     to (B, *D)) to the state right after step k (k = 0..K-1), i.e. at sigma_{k+1}.
     """
-    from ..core.sde import sde_step
-
     x = noise
     b = noise.shape[0]
     for k in range(len(sigmas) - 1):

@@ -27,6 +27,7 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -47,6 +48,7 @@ __all__ = [
     "config_hash",
     "save_module",
     "load_module",
+    "train_or_load",
     "GoldConfig",
     "GoldScores",
     "NormalisedGold",
@@ -111,7 +113,7 @@ class TrainReport:
 
 
 @contextlib.contextmanager
-def _seeded(seed: int):
+def seeded_rng(seed: int):
     """Run a block with torch's global RNG seeded, restoring the caller's RNG state afterwards."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -180,7 +182,7 @@ def config_hash(kind: str, config) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def _cache_stem(cache_dir: str | Path, kind: str, config) -> Path:
+def cache_stem(cache_dir: str | Path, kind: str, config) -> Path:
     return Path(cache_dir) / f"{kind}-{config_hash(kind, config)}"
 
 
@@ -201,8 +203,32 @@ def load_module(stem: str | Path, module: nn.Module) -> dict:
     return json.loads(stem.with_suffix(".json").read_text())
 
 
-def _cached(stem: Path) -> bool:
+def cached_module(stem: Path) -> bool:
     return stem.with_suffix(".safetensors").is_file() and stem.with_suffix(".json").is_file()
+
+
+def train_or_load(kind: str, config, model: nn.Module, cache_dir: str | Path | None,
+                  train: Callable[[], tuple[TrainReport, dict]], summary: Callable[[dict], str],
+                  verbose: bool = True) -> dict:
+    """The world's networks' one sequence: load ``model``'s weights from the cache entry of ``(kind, config)``
+    when there is one, else ``train()`` it (training ``model`` in place and returning its report and the
+    measures to keep), write the entry, and return the entry's metadata (``kind``, ``config``, ``hash``,
+    ``train_seconds``, ``final_loss`` and the measures). ``summary(meta)`` is the log line's tail."""
+    label = kind.replace("-", " ")
+    stem = cache_stem(cache_dir, kind, config) if cache_dir is not None else None
+    if stem is not None and cached_module(stem):
+        meta = load_module(stem, model)
+        if verbose:
+            print(f"[{label}] loaded {stem.name} (trained in {meta['train_seconds']:.1f}s; {summary(meta)})")
+        return meta
+    report, measures = train()
+    meta = {"kind": kind, "config": asdict(config), "hash": config_hash(kind, config), "train_seconds": report.seconds,
+            "final_loss": report.final_loss, **measures}
+    if verbose:
+        print(f"[{label}] trained in {report.seconds:.1f}s; {summary(meta)}")
+    if stem is not None:
+        save_module(stem, model, meta)
+    return meta
 
 
 # --------------------------------------------------------------------------------------------
@@ -455,25 +481,21 @@ def train_gold(config: GoldConfig = GoldConfig(), splits: WorldSplits | None = N
     elif splits.resolution != config.resolution or splits.seed != config.split_seed:
         raise ValueError(f"splits: resolution/seed {splits.resolution}/{splits.seed} do not match config "
                          f"{config.resolution}/{config.split_seed}")
-    with _seeded(config.seed):
+    with seeded_rng(config.seed):
         model = ConvNet(config.resolution, config.width, config.feature_dim, NUM_CLASSES)
-    stem = _cache_stem(cache_dir, "gold", config) if cache_dir is not None else None
-    if stem is not None and _cached(stem):
-        meta = load_module(stem, model)
-        if verbose:
-            print(f"[gold] loaded {stem.name} (trained in {meta['train_seconds']:.1f}s, "
-                  f"heldout acc {meta['heldout_accuracy']:.4f})")
-        return GoldEvaluator(model, config, splits.heldout.images, meta)
-    report = train_network(model, splits.gold.images, splits.gold.labels, F.cross_entropy, _gold_augment(config),
-                           epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed)
-    evaluator = GoldEvaluator(model, config, splits.heldout.images)
-    acc = evaluator.accuracy(splits.heldout.images, splits.heldout.labels)
-    evaluator.meta = {"kind": "gold", "config": asdict(config), "hash": config_hash("gold", config),
-                      "train_seconds": report.seconds, "final_loss": report.final_loss, "heldout_accuracy": acc,
-                      "n_train": len(splits.gold)}
-    if verbose:
-        print(f"[gold] trained in {report.seconds:.1f}s on {len(splits.gold)} images at {config.resolution}px; "
-              f"heldout acc {acc:.4f}")
-    if stem is not None:
-        save_module(stem, model, evaluator.meta)
+
+    built: dict[str, GoldEvaluator] = {}
+
+    def fit() -> tuple[TrainReport, dict]:
+        report = train_network(model, splits.gold.images, splits.gold.labels, F.cross_entropy, _gold_augment(config),
+                               epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed)
+        built["evaluator"] = ev = GoldEvaluator(model, config, splits.heldout.images)
+        return report, {"heldout_accuracy": ev.accuracy(splits.heldout.images, splits.heldout.labels),
+                        "n_train": len(splits.gold)}
+
+    meta = train_or_load("gold", config, model, cache_dir, fit, verbose=verbose,
+                         summary=lambda m: f"{m['n_train']} images at {config.resolution}px, heldout acc "
+                                           f"{m['heldout_accuracy']:.4f}")
+    evaluator = built.get("evaluator") or GoldEvaluator(model, config, splits.heldout.images)
+    evaluator.meta = meta
     return evaluator

@@ -29,7 +29,7 @@ Trained proxies are cached in a ``cache_dir`` as ``<kind>-<config hash>.safetens
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .data import NUM_CLASSES, WorldSplits, check_images, check_labels, make_splits
-from .gold import ConvNet, NetTrainingConfig, _cache_stem, _cached, _seeded, config_hash, load_module, save_module, train_network
+from .gold import ConvNet, NetTrainingConfig, TrainReport, seeded_rng, train_network, train_or_load
 
 __all__ = [
     "RewardFn",
@@ -268,29 +268,21 @@ def train_classifier_proxy(config: ClassifierProxyConfig = ClassifierProxyConfig
                            cache_dir: str | Path | None = None, verbose: bool = True) -> ClassifierProxy:
     """Train (or load from ``cache_dir``) the classifier proxy on the ``proxy`` split only."""
     splits = _resolve_splits(config, splits)
-    with _seeded(config.seed):
+    with seeded_rng(config.seed):
         model = ConvNet(config.resolution, config.width, config.feature_dim, NUM_CLASSES)
-    stem = _cache_stem(cache_dir, "proxy-classifier", config) if cache_dir is not None else None
-    if stem is not None and _cached(stem):
-        meta = load_module(stem, model)
-        if verbose:
-            print(f"[proxy classifier] loaded {stem.name} (trained in {meta['train_seconds']:.1f}s)")
-        return ClassifierProxy(model, config, meta)
     textures = class_textures(config.resolution, config.texture_seed, config.band_lo)
-    report = train_network(model, splits.proxy.images, splits.proxy.labels, F.cross_entropy,
-                           _classifier_augment(config, textures), epochs=config.epochs,
-                           batch_size=config.batch_size, lr=config.lr, seed=config.seed)
-    proxy = ClassifierProxy(model, config)
-    acc = proxy.accuracy(splits.heldout.images, splits.heldout.labels)
-    proxy.meta = {"kind": "proxy-classifier", "config": asdict(config), "hash": config_hash("proxy-classifier", config),
-                  "train_seconds": report.seconds, "final_loss": report.final_loss, "heldout_accuracy": acc,
-                  "n_train": len(splits.proxy)}
-    if verbose:
-        print(f"[proxy classifier] trained in {report.seconds:.1f}s on {len(splits.proxy)} images at "
-              f"{config.resolution}px; heldout acc {acc:.4f}")
-    if stem is not None:
-        save_module(stem, model, proxy.meta)
-    return proxy
+
+    def fit() -> tuple[TrainReport, dict]:
+        report = train_network(model, splits.proxy.images, splits.proxy.labels, F.cross_entropy,
+                               _classifier_augment(config, textures), epochs=config.epochs,
+                               batch_size=config.batch_size, lr=config.lr, seed=config.seed)
+        acc = ClassifierProxy(model, config).accuracy(splits.heldout.images, splits.heldout.labels)
+        return report, {"heldout_accuracy": acc, "n_train": len(splits.proxy)}
+
+    meta = train_or_load("proxy-classifier", config, model, cache_dir, fit, verbose=verbose,
+                         summary=lambda m: f"{m['n_train']} images at {config.resolution}px, heldout acc "
+                                           f"{m['heldout_accuracy']:.4f}")
+    return ClassifierProxy(model, config, meta)
 
 
 # --------------------------------------------------------------------------------------------
@@ -374,32 +366,25 @@ def train_aesthetic_proxy(config: AestheticProxyConfig = AestheticProxyConfig(),
                           cache_dir: str | Path | None = None, verbose: bool = True) -> AestheticProxy:
     """Train (or load from ``cache_dir``) the aesthetic regressor on the ``proxy`` split only."""
     splits = _resolve_splits(config, splits)
-    with _seeded(config.seed):
+    with seeded_rng(config.seed):
         model = ConvNet(config.resolution, config.width, config.feature_dim, 1)
     h = hidden_aesthetic(splits.proxy.images)
     mean, std = float(h.mean()), float(h.std())
-    stem = _cache_stem(cache_dir, "proxy-aesthetic", config) if cache_dir is not None else None
-    if stem is not None and _cached(stem):
-        meta = load_module(stem, model)
-        if verbose:
-            print(f"[proxy aesthetic] loaded {stem.name} (trained in {meta['train_seconds']:.1f}s)")
-        return AestheticProxy(model, config, meta["target_mean"], meta["target_std"], meta)
     texture = hf_texture(config.resolution, AESTHETIC_TEXTURE_INDEX, config.texture_seed, config.band_lo)
-    report = train_network(model, splits.proxy.images, splits.proxy.labels, F.mse_loss,
-                           _aesthetic_augment(config, texture, mean, std), epochs=config.epochs,
-                           batch_size=config.batch_size, lr=config.lr, seed=config.seed)
-    proxy = AestheticProxy(model, config, mean, std)
-    held = splits.heldout.images
-    corr = float(torch.corrcoef(torch.stack([proxy.predict(held), hidden_aesthetic(held)]))[0, 1])
-    proxy.meta = {"kind": "proxy-aesthetic", "config": asdict(config), "hash": config_hash("proxy-aesthetic", config),
-                  "train_seconds": report.seconds, "final_loss": report.final_loss, "target_mean": mean,
-                  "target_std": std, "heldout_corr": corr, "n_train": len(splits.proxy)}
-    if verbose:
-        print(f"[proxy aesthetic] trained in {report.seconds:.1f}s on {len(splits.proxy)} images at "
-              f"{config.resolution}px; heldout corr(pred, hidden) {corr:.4f}")
-    if stem is not None:
-        save_module(stem, model, proxy.meta)
-    return proxy
+
+    def fit() -> tuple[TrainReport, dict]:
+        report = train_network(model, splits.proxy.images, splits.proxy.labels, F.mse_loss,
+                               _aesthetic_augment(config, texture, mean, std), epochs=config.epochs,
+                               batch_size=config.batch_size, lr=config.lr, seed=config.seed)
+        held = splits.heldout.images
+        pred = AestheticProxy(model, config, mean, std).predict(held)
+        corr = float(torch.corrcoef(torch.stack([pred, hidden_aesthetic(held)]))[0, 1])
+        return report, {"target_mean": mean, "target_std": std, "heldout_corr": corr, "n_train": len(splits.proxy)}
+
+    meta = train_or_load("proxy-aesthetic", config, model, cache_dir, fit, verbose=verbose,
+                         summary=lambda m: f"{m['n_train']} images at {config.resolution}px, heldout corr(pred, "
+                                           f"hidden) {m['heldout_corr']:.4f}")
+    return AestheticProxy(model, config, meta["target_mean"], meta["target_std"], meta)
 
 
 # --------------------------------------------------------------------------------------------
