@@ -22,8 +22,8 @@ from torch import Tensor
 from grpo_guard.backbones.toy import ToyBackbone
 from grpo_guard.core.schedule import flow_sigmas
 from grpo_guard.world.data import NUM_CLASSES, make_splits, prompt_for_label
-from grpo_guard.world.generator import (LAYOUTS, NET_TYPES, GeneratorConfig, checkerboard, euler_sample,
-                                        images_to_latents, pretrain, route_survival)
+from grpo_guard.world.generator import NET_TYPES, GeneratorConfig, checkerboard, euler_sample, pretrain, route_survival
+from grpo_guard.world.latents import LAYOUTS, images_to_latents
 
 
 def reference_classifier(split_seed: int):

@@ -8,6 +8,7 @@ import torch
 from grpo_guard.backbones.base import Backbone, Conditioning
 from grpo_guard.backbones.toy import ToyBackbone, ToyBackboneConfig, build_toy_backbone
 from grpo_guard.world import generator as G
+from grpo_guard.world import latents as LAT
 from grpo_guard.world.data import make_splits, prompt_for_label
 
 QUICK = G.GeneratorConfig(net="mlp", resolution=8, layout="pixels", steps=150, batch_size=128)  # as test_world_generator
@@ -166,7 +167,7 @@ def test_decode_inverts_space_to_depth():
     bb = ToyBackbone(tiny_state("mlp", 16, "latent16"), lora_rank=2)
     assert bb.latent_shape == (16, 4, 4)
     img = make_splits(16).base.images[:5]  # [-1, 1]
-    out = bb.decode(G.space_to_depth(img))
+    out = bb.decode(LAT.space_to_depth(img))
     assert out.shape == (5, 1, 16, 16) and out.dtype == torch.float32
     torch.testing.assert_close(out, (img + 1) / 2)
     assert bb.decode(torch.full((2, 16, 4, 4), 5.0)).max() == 1.0  # clamped to [0, 1]

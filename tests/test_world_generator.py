@@ -8,6 +8,8 @@ import torch
 from grpo_guard.core.schedule import flow_sigmas
 from grpo_guard.world import data as world_data
 from grpo_guard.world import generator as G
+from grpo_guard.world import latents as LAT
+from grpo_guard.world import text_encoder as TXT
 from grpo_guard.world.data import make_splits, prompt_for_label
 
 # the short pretrain used by the quality test (and, through the same cache, by test_toy_backbone.py)
@@ -23,9 +25,9 @@ def quick_state(tmp_path_factory):
 
 # -------------------------------------------------------------------------------- tokenizer
 def test_tokenizer_ids_mask_padding_and_unknown_words():
-    tok = G.WordTokenizer(max_length=6)
+    tok = TXT.WordTokenizer(max_length=6)
     tb = tok(["a handwritten 7", "A Handwritten SEVEN!", "", "a purple 7", "a a a a a a a a"])
-    v = {w: i for i, w in enumerate(G.VOCAB)}
+    v = {w: i for i, w in enumerate(TXT.VOCAB)}
     assert tb.ids.shape == tb.mask.shape == (5, 6) and tb.ids.dtype == torch.int64 and tb.mask.dtype == torch.bool
     assert tb.ids[0].tolist() == [v["<cls>"], v["a"], v["handwritten"], v["7"], v["<pad>"], v["<pad>"]]
     assert tb.mask[0].tolist() == [True, True, True, True, False, False]
@@ -39,15 +41,15 @@ def test_tokenizer_ids_mask_padding_and_unknown_words():
 
 def test_tokenizer_rejects_bad_arguments():
     with pytest.raises(ValueError, match="max_length"):
-        G.WordTokenizer(1)
+        TXT.WordTokenizer(1)
     with pytest.raises(ValueError, match="prompts"):
-        G.WordTokenizer()("a handwritten 1")
+        TXT.WordTokenizer()("a handwritten 1")
 
 
 # ----------------------------------------------------------------------------- text encoder
 def test_text_encoder_shapes_and_that_equal_prompts_match_and_different_differ():
     torch.manual_seed(0)
-    enc = G.TextEncoder(max_length=8, embed_dim=32, pooled_dim=24).eval()
+    enc = TXT.TextEncoder(max_length=8, embed_dim=32, pooled_dim=24).eval()
     prompts = ["a handwritten 3", "a handwritten 3", "a handwritten 8", "", "a handwritten three"]
     with torch.no_grad():
         e, p = enc.encode(prompts)
@@ -65,18 +67,18 @@ def test_text_encoder_shapes_and_that_equal_prompts_match_and_different_differ()
 # ------------------------------------------------------------------------------ latent layouts
 def test_space_to_depth_is_an_invertible_permutation():
     x = torch.randn(3, 1, 32, 32, generator=torch.Generator().manual_seed(1))
-    z = G.images_to_latents(x, "latent16")
-    assert z.shape == (3, 16, 8, 8) == (3, *G.latent_shape_for(32, "latent16"))
-    assert torch.equal(G.latents_to_images(z, "latent16"), x)
+    z = LAT.images_to_latents(x, "latent16")
+    assert z.shape == (3, 16, 8, 8) == (3, *LAT.latent_shape_for(32, "latent16"))
+    assert torch.equal(LAT.latents_to_images(z, "latent16"), x)
     assert torch.equal(torch.sort(z.flatten(1)).values, torch.sort(x.flatten(1)).values)
     # channel i*4+j of latent position (y, x) is pixel (4y+i, 4x+j)
     assert z[1, 2 * 4 + 3, 5, 6] == x[1, 0, 4 * 5 + 2, 4 * 6 + 3]
-    assert torch.equal(G.images_to_latents(x, "pixels"), x)
-    assert G.latent_shape_for(8, "pixels") == (1, 8, 8)
+    assert torch.equal(LAT.images_to_latents(x, "pixels"), x)
+    assert LAT.latent_shape_for(8, "pixels") == (1, 8, 8)
     with pytest.raises(ValueError, match="layout"):
-        G.latent_shape_for(32, "latent4")
+        LAT.latent_shape_for(32, "latent4")
     with pytest.raises(ValueError, match="resolution"):
-        G.latent_shape_for(12, "pixels")
+        LAT.latent_shape_for(12, "pixels")
 
 
 # ------------------------------------------------------------------------------ velocity nets

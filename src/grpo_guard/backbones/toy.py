@@ -20,8 +20,9 @@ import torch
 
 from torch import Tensor, nn
 
-from ..world.generator import (LORA_TARGETS, GeneratorConfig, GeneratorState, SD3Velocity, latents_to_images,
-                               pretrain)
+from ..world.generator import GeneratorConfig, GeneratorState, pretrain
+from ..world.latents import latents_to_images
+from ..world.velocity_nets import LORA_TARGETS, SD3Velocity
 from .base import Backbone, Conditioning
 
 __all__ = ["ToyBackbone", "ToyBackboneConfig", "build_toy_backbone"]
