@@ -55,6 +55,20 @@ class _Recorder(torch.optim.SGD):
             self.grads = [p.grad.detach().clone() for g in self.param_groups for p in g["params"]]
 
 
+def _sde_transition(bb, traj, cond, idx, j, sigmas, k, a):
+    """The Flow-GRPO SDE step of method.md 2, by hand, for samples ``idx`` at stored position ``j`` (schedule
+    step ``k``): ``(mean, log-prob averaged over dims, sigma_t, dt)`` under the current ``bb``."""
+    t, t_next = sigmas[k], sigmas[k + 1]
+    dt = t_next - t
+    x, x_next = traj.latents[idx, j], traj.next_latents[idx, j]
+    v = bb(x, t.expand(len(idx)), cond.index(idx), 1.0)
+    sigma_t = a * torch.sqrt(t / (1 - (sigmas[1] if t >= 1 else t)))
+    mu = x + (v + sigma_t**2 / (2 * t) * (x + (1 - t) * v)) * dt
+    std = sigma_t * torch.sqrt(-dt)
+    lp = (-(x_next - mu) ** 2 / (2 * std**2) - torch.log(std) - 0.5 * math.log(2 * math.pi)).flatten(1).mean(1)
+    return mu, lp, sigma_t, dt
+
+
 def _official_loss(bb, traj, cond, adv, sigmas, trained, micro, eps, a, inv_dt):
     """A transcription of the official GRPO-Guard script's loss, written from its description (method.md 4.2):
     for each micro-batch and each trained step, the policy mean from the SDE formula, the mean-over-dims
@@ -67,14 +81,7 @@ def _official_loss(bb, traj, cond, adv, sigmas, trained, micro, eps, a, inv_dt):
     for start in range(0, n, micro):
         idx = torch.arange(start, min(start + micro, n))
         for j, k in enumerate(trained):
-            t, t_next = sigmas[k], sigmas[k + 1]
-            dt = t_next - t
-            x, x_next = traj.latents[idx, j], traj.next_latents[idx, j]
-            v = bb(x, t.expand(len(idx)), cond.index(idx), 1.0)
-            sigma_t = a * torch.sqrt(t / (1 - t))
-            mu = x + (v + sigma_t**2 / (2 * t) * (x + (1 - t) * v)) * dt
-            std = sigma_t * torch.sqrt(-dt)
-            lp = (-(x_next - mu) ** 2 / (2 * std**2) - torch.log(std) - 0.5 * math.log(2 * math.pi)).flatten(1).mean(1)
+            mu, lp, sigma_t, dt = _sde_transition(bb, traj, cond, idx, j, sigmas, k, a)
             log_ratio = lp - traj.log_probs[idx, j]
             bias = ((mu - traj.means[idx, j]) ** 2).flatten(1).mean(1).mean()
             s = sigma_t * torch.sqrt(-dt)  # mean(sigma_t) * mean(sqrt|dt|): every row is at step k
@@ -251,16 +258,7 @@ def _by_hand_plain_loss(bb, traj, cond, adv, sigmas, stored, positions, eps, a):
     terms = []
     for i in range(len(traj)):
         for j in positions[i].tolist():
-            k = stored[j]
-            t, t_next = sigmas[k], sigmas[k + 1]
-            dt = t_next - t
-            x, x_next = traj.latents[i:i + 1, j], traj.next_latents[i:i + 1, j]
-            v = bb(x, t.expand(1), cond.index(torch.tensor([i])), 1.0)
-            denom = sigmas[1] if t >= 1 else t
-            sigma_t = a * torch.sqrt(t / (1 - denom))
-            mu = x + (v + sigma_t**2 / (2 * t) * (x + (1 - t) * v)) * dt
-            std = sigma_t * torch.sqrt(-dt)
-            lp = (-(x_next - mu) ** 2 / (2 * std**2) - torch.log(std) - 0.5 * math.log(2 * math.pi)).flatten(1).mean(1)
+            _, lp, _, _ = _sde_transition(bb, traj, cond, torch.tensor([i]), j, sigmas, stored[j], a)
             ratio = torch.exp(lp - traj.log_probs[i, j])
             terms.append(torch.maximum(-adv[i] * ratio, -adv[i] * ratio.clamp(1 - eps, 1 + eps)))
     return torch.cat(terms).mean()

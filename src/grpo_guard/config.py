@@ -70,6 +70,11 @@ class SampleConfig:
     sde_window_size: int = 0
     sde_window_range: list[int] | None = None
 
+    def window_range(self) -> tuple[int, int]:
+        """``[lo, hi)`` within which a random SDE window lies: ``sde_window_range``, default the first half."""
+        lo, hi = self.sde_window_range or [0, self.num_steps // 2]
+        return lo, hi
+
 
 @dataclass
 class LossConfig:
@@ -208,10 +213,13 @@ class RunConfig:
                  "sample.sde_window", f"must be [start, end) with 0 <= start < end <= num_steps, got {s.sde_window}")
         if s.sde_window_size:
             need(s.sde_window is None, "sample.sde_window_size", "a random window excludes a fixed sample.sde_window")
-            lo_hi = s.sde_window_range or [0, s.num_steps // 2]
-            need(len(lo_hi) == 2 and 0 <= lo_hi[0] and lo_hi[0] + s.sde_window_size <= lo_hi[1] <= s.num_steps,
-                 "sample.sde_window_range", f"must be [lo, hi) within the {s.num_steps} steps and hold "
-                 f"sde_window_size = {s.sde_window_size} steps, got {lo_hi}")
+            bad = (f"must be [lo, hi) within the {s.num_steps} steps and hold sde_window_size = "
+                   f"{s.sde_window_size} steps")
+            need(s.sde_window_range is None or len(s.sde_window_range) == 2, "sample.sde_window_range",
+                 f"{bad}, got {s.sde_window_range}")
+            w_lo, w_hi = s.window_range()
+            need(0 <= w_lo and w_lo + s.sde_window_size <= w_hi <= s.num_steps, "sample.sde_window_range",
+                 f"{bad}, got {[w_lo, w_hi]}")
         need(s.sde_window_size >= 0, "sample.sde_window_size", "must be >= 0 (0: off)")
         need(lo.ratio_mode in RATIO_MODES, "loss.ratio_mode", f"must be one of {RATIO_MODES}")
         need(lo.step_weight in STEP_WEIGHTS, "loss.step_weight", f"must be one of {STEP_WEIGHTS}")
@@ -270,7 +278,7 @@ class RunConfig:
         :meth:`grpo_guard.train.schedule.StepSchedule.for_epoch`)."""
         s = self.sample
         if s.sde_window_size:
-            lo = (s.sde_window_range or [0, s.num_steps // 2])[0]
+            lo = s.window_range()[0]
             return lo, lo + s.sde_window_size
         return (0, s.num_steps) if s.sde_window is None else (s.sde_window[0], s.sde_window[1])
 

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..backbones.base import Conditioning
+from ..backbones.flux import FluxBackbone
 from ..config import RunConfig
 from .architectures import REWARD_MODEL_PARAMS, meta_backbone
 
@@ -84,8 +85,7 @@ class _LiveBytes(TorchDispatchMode):
 def _inputs(backbone, rows: int):
     """Meta inputs of ``rows`` samples for ``backbone.forward``: latents, sigmas, conditioning."""
     meta = dict(device="meta", dtype=torch.float32)
-    kind = type(backbone).__name__
-    if kind == "FluxBackbone":
+    if isinstance(backbone, FluxBackbone):
         tokens = backbone.max_sequence_length
         backbone._text_ids = torch.zeros(tokens, 3, device="meta")
         cond = Conditioning(torch.zeros(rows, tokens, 4096, **meta), torch.zeros(rows, 768, **meta))
@@ -97,7 +97,7 @@ def _inputs(backbone, rows: int):
 
 
 def _cfg_copies(backbone, guidance_scale: float) -> int:
-    return 1 if type(backbone).__name__ == "FluxBackbone" or guidance_scale == 1 else 2
+    return 1 if isinstance(backbone, FluxBackbone) or guidance_scale == 1 else 2  # Flux embeds its guidance
 
 
 def saved_bytes_per_row(backbone, guidance_scale: float, checkpointing: bool) -> float:

@@ -59,7 +59,7 @@ class StepSchedule:
         s = cfg.sample
         if not s.sde_window_size:
             return cls.from_config(s, sigmas, cfg.trained_step_indices())
-        lo, hi = s.sde_window_range or [0, s.num_steps // 2]
+        lo, hi = s.window_range()
         g = derive_generator(cfg.seed, "sde-window", epoch)
         start = lo + int(torch.randint(hi - lo - s.sde_window_size + 1, (1,), generator=g))
         window = (start, start + s.sde_window_size)
