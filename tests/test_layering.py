@@ -13,7 +13,7 @@ ROOT = Path(grpo_guard.__file__).resolve().parent
 #: from a lower one. ``world`` holds the toy worlds' model code; backbones and rewards plug it in.
 LAYERS = [
     {"core", "seeding", "errors", "registry", "malloc"},
-    {"config", "image_stats", "sharding", "prompt_sets"},  # prompt_sets: GenEval's vocabulary, used by rewards
+    {"config", "image_stats", "sharding", "prompt_sets", "golds"},  # prompt_sets: GenEval's vocabulary, used by rewards
     {"world"},
     {"backbones", "rewards", "prompts"},
     {"train"},

@@ -10,9 +10,9 @@ import torch
 import yaml
 
 from grpo_guard.config import config_to_dict, load_config
-from grpo_guard.report import build_report, gold_at_proxy, load_runs, matched_proxy, method_label
+from grpo_guard.report import build_report, gold_at_proxy, load_runs, matched_gold, method_label
 from grpo_guard.report.figures import FIGURES
-from grpo_guard.report.html import summarize_method
+from grpo_guard.report.html import primary_gold, summarize_method
 from grpo_guard.train.loop import train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -48,9 +48,12 @@ def trained(tmp_path_factory):
 
 # ---- hand-made run directories ----------------------------------------------------------------------
 
-def write_run(path, rows, seed=0, loss=None, lines=None, **cfg):
-    """A run directory with a partial config and the given metrics rows (or raw ``lines``)."""
+def write_run(path, rows, seed=0, loss=None, lines=None, base=None, **cfg):
+    """A run directory with a partial config and the given metrics rows (or raw ``lines``), and ``base`` as
+    its base model's evaluation (``base_eval.json``) when given."""
     path.mkdir(parents=True)
+    if base is not None:
+        (path / "base_eval.json").write_text(json.dumps(base))
     config = {"seed": seed, "loss": {"ratio_mode": "plain", "step_weight": "none", **(loss or {})}, **cfg}
     (path / "config.yaml").write_text(yaml.safe_dump(config))
     text = "\n".join(lines if lines is not None else [json.dumps(r) for r in rows])
@@ -94,9 +97,10 @@ def test_trained_runs_are_grouped_by_method(trained):
     page = report.read_text()
     assert page.count("<tr><td class=\"l\"><span class=\"swatch\"") == 2  # one summary row per method
     for m in methods:
-        s = summarize_method(m, matched_proxy(methods))
-        assert s.epochs == [3, 3]
-        assert all(math.isfinite(v) for v in s.final_proxy + s.grad_norm_spread + s.clip_high_pos)
+        s = summarize_method(m, primary_gold(methods))
+        assert s.epochs == [3, 3] and s.primary == "gold_normalized_avg"
+        assert s.gold_start == [1.0, 1.0]  # the base model's evaluation
+        assert all(math.isfinite(v) for v in s.proxy_final + s.grad_norm_spread + s.clip_high_pos + s.gold_final)
         assert all(math.isfinite(v) for v in s.ratio_offset_last_step)
     assert len(methods[0].first.images) == 3  # log.image_every=1: one grid per epoch
 
@@ -154,40 +158,43 @@ def test_gold_at_proxy_interpolates_at_the_first_crossing():
         gold_at_proxy([0.1, 0.2], [1.0], 0.1)
 
 
-def test_methods_are_compared_at_matched_proxy_not_matched_epoch(tmp_path):
-    # A: fast proxy, gold falls; B: slow proxy, gold holds. Common range: [max start, min peak] = [0.2, 0.5].
-    a0 = write_run(tmp_path / "a0", stream([0.1, 0.3, 0.5, 0.7], [1.0, 1.2, 0.8, 0.6]), seed=0)
-    a1 = write_run(tmp_path / "a1", stream([0.1, 0.3, 0.5, 0.9], [1.0, 1.0, 1.0, 0.2]), seed=1)
-    b0 = write_run(tmp_path / "b0", stream([0.2, 0.4, 0.5], [1.0, 1.1, 1.2]), seed=0,
-                   loss={"ratio_mode": "ratio_norm", "step_weight": "inv_dt"})
-    methods = load_runs([a0, a1, b0])
-    mp = matched_proxy(methods, n_levels=4)
-    assert (mp.lo, mp.hi) == pytest.approx((0.2, 0.5))
-    assert mp.levels == pytest.approx([0.2, 0.3, 0.4, 0.5])
-    per_seed = [v for level in mp.per_seed["Flow-GRPO"] for v in level]
-    assert per_seed == pytest.approx([1.1, 1.0, 1.2, 1.0, 1.0, 1.0, 0.8, 1.0])
-    assert mp.gold["Flow-GRPO"] == pytest.approx([1.05, 1.1, 1.0, 0.9])
-    assert mp.gold["GRPO-Guard"] == pytest.approx([1.0, 1.05, 1.1, 1.2])
-    summary = summarize_method(methods[1], mp)
-    assert summary.gold_matched == pytest.approx(1.2)  # the top common level
-    out = build_report([a0, a1, b0], tmp_path / "rep")
-    assert "proxy 0.5" in out.read_text()
+def test_methods_are_compared_at_matched_proxy_gain_paired_by_seed(tmp_path):
+    # gains over each run's start (its base evaluation): A0 0.2, 0.4, 0.6; A1 0.2, 0.4, 0.8; B0 0.2, 0.3;
+    # B1 0.1, 0.5. The largest gain every run reached: 0.3 (B0's peak).
+    base = {"eval/proxy_reward_mean": 0.1, "gold_normalized_avg": 1.0}
+    a0 = write_run(tmp_path / "a0", stream([0.3, 0.5, 0.7], [1.2, 0.8, 0.6]), seed=0, base=base)
+    a1 = write_run(tmp_path / "a1", stream([0.3, 0.5, 0.9], [1.0, 1.0, 0.2]), seed=1, base=base)
+    guard = {"ratio_mode": "ratio_norm", "step_weight": "inv_dt"}
+    b1 = write_run(tmp_path / "b1", stream([0.2, 0.6], [1.1, 1.3]), seed=1, loss=guard,
+                   base={**base, "eval/proxy_reward_mean": 0.1})
+    b0 = write_run(tmp_path / "b0", stream([0.3, 0.4], [1.0, 1.4]), seed=0, loss=guard, base=base)
+    flow, grpo_guard = load_runs([a0, a1, b1, b0])
+    res = matched_gold(grpo_guard.runs, flow.runs, "gold_normalized_avg")
+    assert res["proxy_gain"] == pytest.approx(0.3)
+    assert res["seeds"] == [0, 1]  # paired by seed, not by the order the runs were given in
+    # first crossing of gain 0.3, interpolated: A0 1.2 -> 0.8 at 0.2 -> 0.4: 1.0; A1 1.0; B0 1.4; B1 1.1 -> 1.3
+    # between 0.1 and 0.5: 1.2
+    assert res["baseline_per_seed"] == pytest.approx([1.0, 1.0])
+    assert res["arm_per_seed"] == pytest.approx([1.4, 1.2])
+    assert res["paired_per_seed"] == pytest.approx([0.4, 0.2])
+    assert (res["paired_diff"]["mean"], res["paired_diff"]["sd"]) == pytest.approx((0.3, 0.1))
+    page = build_report([a0, a1, b1, b0], tmp_path / "rep").read_text()
+    assert "+0.300 ± 0.100 (+30.0%)" in page and "2/2" in page  # the headline: Δ paired, better in both seeds
+    summary = summarize_method(grpo_guard, primary_gold([flow, grpo_guard]))
+    assert summary.gold_start == [1.0, 1.0] and summary.gold_final == [1.4, 1.3] and summary.gold_best == [1.4, 1.3]
 
 
-def test_runs_without_gold_are_left_out_of_the_matched_comparison(tmp_path):
-    a = write_run(tmp_path / "a", stream([0.1, 0.3], [1.0, 1.2]))
-    a_nogold = write_run(tmp_path / "a2", [{"epoch": 0, "proxy_reward_mean": 0.9}], seed=2)
-    b = write_run(tmp_path / "b", stream([0.1, 0.5], [1.0, 0.6]), loss={"ratio_mode": "ratio_norm"})
-    mp = matched_proxy(load_runs([a, a_nogold, b]), n_levels=1)
-    assert mp.levels == pytest.approx([0.3])
-    assert (mp.gold["Flow-GRPO"][0], mp.gold["RatioNorm"][0]) == pytest.approx((1.2, 0.8))
-
-
-def test_no_common_proxy_range_is_reported_not_raised(tmp_path):
-    a = write_run(tmp_path / "a", stream([0.1, 0.2], [1.0, 1.0]))
-    b = write_run(tmp_path / "b", stream([0.5, 0.6], [1.0, 1.0]), loss={"ratio_mode": "ratio_norm"})
-    assert not matched_proxy(load_runs([a, b])).ok
-    assert "No matched-proxy comparison" in build_report([a, b], tmp_path / "rep").read_text()
+def test_runs_without_gold_are_named_and_a_missing_common_gain_is_reported(tmp_path):
+    base = {"eval/proxy_reward_mean": 0.1, "gold_normalized_avg": 1.0}
+    a = write_run(tmp_path / "a", stream([0.3], [1.2]), base=base)
+    b = write_run(tmp_path / "b", stream([0.05], [0.9]), loss={"ratio_mode": "ratio_norm"}, base=base)  # no gain
+    assert matched_gold(*[m.runs for m in load_runs([b, a])], "gold_normalized_avg") is None
+    page = build_report([a, b], tmp_path / "rep").read_text()
+    assert "no proxy gain that every run reached" in page
+    nogold = write_run(tmp_path / "c", [{"epoch": 0, "proxy_reward_mean": 0.9}], seed=2)
+    page = build_report([nogold], tmp_path / "rep2").read_text()
+    assert "no gold logged" in page and "No gold metric was logged" in page
+    assert not (tmp_path / "rep2" / "figures" / "gold_vs_proxy.png").exists()  # nothing to draw: no figure
 
 
 # ---- robustness ----------------------------------------------------------------------------------------
@@ -219,9 +226,9 @@ def test_nulls_missing_keys_skipped_epochs_and_torn_lines(tmp_path):
         assert f.read_bytes()[:8] == PNG_MAGIC, f
     assert "1 skipped epoch(s)" in page and "2 unreadable metrics line(s)" in page
     (m,) = load_runs([run])
-    s = summarize_method(m)
-    assert s.hacking_epochs == [3] and s.final_gold == [0.8] and s.epochs == [4]
-    assert s.final_proxy == [0.4] and math.isnan(s.wall_seconds[0]) and math.isnan(s.grad_norm_spread[0])
+    s = summarize_method(m, primary_gold([m]))
+    assert s.hacking_epochs == [3] and s.gold_final == [0.9] and s.epochs == [4]  # the last evaluated epoch
+    assert s.proxy_final == [0.3] and math.isnan(s.wall_seconds[0]) and math.isnan(s.grad_norm_spread[0])
     assert s.ratio_offset_last_step[0] == pytest.approx(-0.001)  # the last step with a finite value
 
 
@@ -239,3 +246,18 @@ def test_a_directory_that_is_not_a_run_is_named(tmp_path, make):
     good = write_run(tmp_path / "good", stream([0.1], [1.0]))
     with pytest.raises(ValueError, match=re.escape(str(bad))):
         build_report([good, bad], tmp_path / "rep")
+
+
+def test_the_baseline_can_be_chosen_and_an_unknown_one_is_refused(tmp_path, capsys):
+    from grpo_guard.cli import main
+
+    base = {"eval/proxy_reward_mean": 0.1, "gold_normalized_avg": 1.0}
+    a = write_run(tmp_path / "a", stream([0.3], [1.2]), base=base)
+    b = write_run(tmp_path / "b", stream([0.4], [0.9]), loss={"ratio_mode": "ratio_norm"}, base=base)
+    assert main(["report", str(a), str(b), "--out", str(tmp_path / "rep"), "--baseline", "RatioNorm"]) == 0
+    page = (tmp_path / "rep" / "report.html").read_text()
+    # matched gain 0.2 (a's peak): Flow-GRPO 1.2, RatioNorm 1.0 + (0.2 / 0.3) x (0.9 - 1.0) = 0.933
+    assert "compared with RatioNorm" in page and "+0.267 (+28.6%)" in page
+    assert main(["report", str(a), "--out", str(tmp_path / "rep2"), "--baseline", "Nope"]) == 2
+    assert "no method is labelled 'Nope'" in capsys.readouterr().err
+    assert not (tmp_path / "rep2").exists()

@@ -1,13 +1,16 @@
 """The study runner on the tiny spectral preset: calibration, runs, resumability, summary and reports."""
 
+import html
 import json
 import math
+import re
 
 import pytest
 import torch
 import yaml
 
 from grpo_guard.cli import main
+from grpo_guard.report.runs import format_paired_diff, format_stat
 from grpo_guard.study import PRESETS, clip_from_rows, format_study_markdown, run_study
 
 torch.set_num_threads(1)
@@ -39,12 +42,27 @@ def test_tiny_study_end_to_end(tmp_path):
         assert len(a["raw_ratio_mean_minus_1_per_step"]) == 9
     # the base model's evaluation (base_eval.json) is the common, paired start of both arms
     assert arms["grpo_guard"]["proxy_start"]["mean"] == pytest.approx(arms["flow_grpo"]["proxy_start"]["mean"])
-    m = arms["grpo_guard"]["golds"]["eval/spectral_attribute_mean"]["matched"]
+    golds = arms["grpo_guard"]["golds"]
+    # the golds the runs declare: the true attribute first (the primary), each once, read raw
+    assert list(golds) == ["gold/attribute", "gold/exploit", "gold/drift_lf", "gold/drift_hf"]
+    assert golds["gold/attribute"]["primary"] and not golds["gold/exploit"]["higher_is_better"]
+    m = golds["gold/attribute"]["matched"]
     assert len(m["arm_per_seed"]) == 2 and m["proxy_gain"] > 0 and m["paired_diff"]["n"] == 2
-    assert "matched" not in arms["flow_grpo"]["golds"]["eval/spectral_attribute_mean"]  # the baseline itself
+    assert "matched" not in arms["flow_grpo"]["golds"]["gold/attribute"]  # the baseline itself
     text = md.read_text()
     assert "GRPO-Guard" in text and "Flow-GRPO" in text and text == format_study_markdown(doc)
-    assert (tmp_path / "multi" / "report.html").is_file()
+    # the report's first screen shows the same matched-proxy figures as study.md, for every gold
+    page = (tmp_path / "multi" / "report.html").read_text()
+    headline = page[page.index("<h2>Headline</h2>"):page.index("<h2>Summary</h2>")]
+    assert "true attribute g" in headline and format_paired_diff(m) in headline
+    for key, g in golds.items():
+        row = f"| {format_stat(g['matched']['arm'])} | {format_stat(g['matched']['baseline'])} | " \
+              f"{format_paired_diff(g['matched'])} |"
+        assert row in text, key
+        assert (f"<td>{g['matched']['proxy_gain']:.3f}</td><td title=\"per seed: "
+                in page) and html.escape(format_paired_diff(g["matched"])) in page, key
+    for src in re.findall(r'<img src="([^"]+)"', page):
+        assert (tmp_path / "multi" / src).is_file()
     # each run used its arm's calibrated clip range
     cfg = yaml.safe_load((tmp_path / "multi" / "grpo_guard_s1" / "config.yaml").read_text())
     assert cfg["loss"]["clip_range"] == pytest.approx(clips["grpo_guard"], rel=1e-5)

@@ -172,10 +172,12 @@ def test_step_batched_forward_equals_one_step_per_call(tmp_path, cache, extra):
 def test_gold_rewards_alone_feed_the_monitor(tmp_path, cache, monkeypatch):
     """Without a set-level evaluator (real SD3 / Flux runs), the gold-role rewards are normalised to the
     base model and averaged, so the over-optimization monitor still has a gold signal."""
+    from grpo_guard.golds import declare_golds
     from grpo_guard.train.evaluate import normalise_gold
 
     base = {"eval/a_mean": 2.0, "eval/b_mean": -1.0}
-    out = normalise_gold({"eval/a_mean": 1.0, "eval/b_mean": -3.0}, base, None, ("a", "b"))
+    golds = declare_golds(None, {"a": object(), "b": object()})
+    out = normalise_gold({"eval/a_mean": 1.0, "eval/b_mean": -3.0}, base, golds)
     assert out == {"gold_norm/a": 0.5, "gold_normalized_avg": 0.5}  # b has a negative base: left out
     monkeypatch.syspath_prepend(str(Path(__file__).parent))
     cfg = tiny_cfg(cache, "rewards=[{name: ink}, {name: 'tiny_backbone:make_brightness_reward', role: gold}]",

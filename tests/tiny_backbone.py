@@ -132,6 +132,15 @@ def make_brightness_reward(params, ctx):
     return reward
 
 
+def make_darkness_reward(params, ctx):
+    """One minus the mean brightness: the direction a tiny random SD3 pipeline drifts in when trained hard."""
+
+    def reward(images, prompts, metadata=None):
+        return 1.0 - images.float().mean(dim=(1, 2, 3))
+
+    return reward
+
+
 def make_fails_on_size_reward(params, ctx):
     """Brightness, but raises ConnectionError for batches of exactly ``size`` images (e.g. the evaluation
     set) after letting the first ``skip_first`` of them through: a stand-in for a reward server that

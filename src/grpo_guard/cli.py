@@ -122,7 +122,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from .report import build_report
 
     try:
-        path = build_report(args.run_dirs, Path(args.out), title=args.title)
+        path = build_report(args.run_dirs, Path(args.out), title=args.title, baseline=args.baseline)
     except ValueError as e:
         raise UsageError(str(e)) from None
     print(f"report: {path}")
@@ -342,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (optionally LABEL=RUN_DIR)")
     p.add_argument("--out", required=True, help="output directory for report.html and figures/")
     p.add_argument("--title", default=None)
+    p.add_argument("--baseline", default=None, metavar="LABEL",
+                   help="the method the others are compared with (default: Flow-GRPO when present, else the first)")
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("demo", help="train Flow-GRPO and GRPO-Guard on the toy world and build the report",

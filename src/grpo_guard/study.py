@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,7 +29,8 @@ import numpy as np
 
 from .parallel import RunJob, run_jobs
 from .report import build_report
-from .report.runs import as_number, gold_at_proxy, load_run, read_metrics
+from .report.runs import (Method, eval_points, format_paired_diff, format_stat, load_run, matched_gold, method_golds,
+                          read_metrics, seed_stats)
 from .train.summary import format_summary_line, summarise_run
 
 __all__ = ["ARMS", "Condition", "StudyPlan", "PRESETS", "run_study", "calibrate_clip", "summarize_condition",
@@ -49,12 +49,11 @@ ARMS: dict[str, str] = {
 
 @dataclass
 class Condition:
-    """One condition of a study: its overrides and the gold metrics to compare at matched proxy
-    (metric key in metrics.jsonl -> True if higher is better)."""
+    """One condition of a study: its overrides. The golds compared at matched proxy are the ones the runs
+    declare (``golds.json``, :mod:`grpo_guard.golds`)."""
 
     name: str
     overrides: list[str]
-    golds: dict[str, bool]
     note: str = ""
 
 
@@ -78,8 +77,6 @@ DIGITS_WORLD = [
     "train.inner_epochs=2", "eval.every=5", "eval.samples_per_prompt=8", "log.image_every=25",
     "train.grad_norm_every=5", "log.checkpoint_every=25",
 ]
-_DIGITS_GOLDS = {"gold_normalized_avg": True, "gold_norm/accuracy": True, "gold_norm/frechet": True,
-                 "gold_norm/precision": True, "gold/hf_energy": False}
 
 #: the spectral world (analytic base; pilot 2's settings: P 10 x G 12, 8 updates per batch)
 SPECTRAL_WORLD = [
@@ -91,8 +88,6 @@ SPECTRAL_WORLD = [
     "eval.evaluator=spectral_gold", "eval.every=5", "eval.samples_per_prompt=50", "log.image_every=0",
     "train.grad_norm_every=5", "log.checkpoint_every=25", "monitor.enabled=false",
 ]
-_SPECTRAL_GOLDS = {"eval/spectral_attribute_mean": True, "gold/drift_lf": False, "gold/drift_hf": False,
-                   "eval/spectral_exploit_mean": False}
 
 
 def _spectral_cell(route: str, n: int, updates: str) -> Condition:
@@ -102,7 +97,7 @@ def _spectral_cell(route: str, n: int, updates: str) -> Condition:
                   " {name: spectral_attribute, role: gold}, {name: spectral_exploit, role: gold}]")
     if updates == "few":
         ov += ["train.updates_per_epoch=1", "train.inner_epochs=1"]
-    return Condition(f"{route}-route_D{n * n}_{updates}-updates", ov, _SPECTRAL_GOLDS,
+    return Condition(f"{route}-route_D{n * n}_{updates}-updates", ov,
                      note=f"{route}-route proxy, D = {n * n}, {'1' if updates == 'few' else '8'} update(s) per batch")
 
 
@@ -111,9 +106,9 @@ PRESETS: dict[str, StudyPlan] = {
         name="digits", world=DIGITS_WORLD,
         conditions=[
             Condition("classifier", ["rewards=[{name: toy_classifier, role: proxy}, {name: toy_hidden_aesthetic, "
-                                     "role: gold}]"], _DIGITS_GOLDS, note="classifier proxy (GenEval/OCR analogue)"),
+                                     "role: gold}]"], note="classifier proxy (GenEval/OCR analogue)"),
             Condition("aesthetic", ["rewards=[{name: toy_aesthetic, role: proxy}, {name: toy_hidden_aesthetic, "
-                                    "role: gold}]"], {**_DIGITS_GOLDS, "eval/toy_hidden_aesthetic_mean": True},
+                                    "role: gold}]"],
                       note="aesthetic proxy (PickScore analogue); true attribute: hidden aesthetic"),
         ]),
     "spectral": StudyPlan(
@@ -128,7 +123,7 @@ PRESETS: dict[str, StudyPlan] = {
         name="tiny", world=[*SPECTRAL_WORLD, "backbone.params.n=8", "train.epochs=4", "eval.every=1", "train.lr=3e-3",
                             "sample.prompts_per_epoch=2", "sample.group_size=4", "sample.batch_size=8",
                             "eval.samples_per_prompt=4", "train.grad_norm_every=1", "log.checkpoint_every=0"],
-        conditions=[Condition("multi", [], _SPECTRAL_GOLDS)], arms=["flow_grpo", "grpo_guard"], seeds=[0, 1],
+        conditions=[Condition("multi", [])], arms=["flow_grpo", "grpo_guard"], seeds=[0, 1],
         calibrate_epochs=2),
 }
 
@@ -203,7 +198,8 @@ def run_study(plan: StudyPlan, out: Path, *, extra: list[str] | None = None, wor
         run_dirs = [job.run_dir for job in jobs]
         for run in run_dirs:  # each run's summary.json, written by the run, in one line
             log(f"[study] {cond.name}: {format_summary_line(summarise_run(run))}")
-        build_report(run_dirs, cdir, title=f"Study {plan.name}: {cond.note or cond.name}", labels=labels)
+        build_report(run_dirs, cdir, title=f"Study {plan.name}: {cond.note or cond.name}", labels=labels,
+                     baseline=ARMS.get(plan.baseline, plan.baseline))
         results.append(summarize_condition(plan, cond, cdir, clips))
     doc = {"plan": plan.name, "extra": extra, "conditions": results, "seconds": time.perf_counter() - t_all}
     (out / "study.json").write_text(json.dumps(doc, indent=1, default=_json_default))
@@ -221,90 +217,44 @@ def _json_default(o):
 
 # ---- summary ------------------------------------------------------------------------------------
 
-def _stats(values) -> dict:
-    v = [float(x) for x in values if x is not None and math.isfinite(float(x))]
-    if not v:
-        return {"mean": float("nan"), "sd": float("nan"), "n": 0}
-    return {"mean": statistics.fmean(v), "sd": statistics.pstdev(v) if len(v) > 1 else 0.0, "n": len(v)}
-
-
-def _eval_points(run, key: str) -> tuple[np.ndarray, np.ndarray]:
-    """(evaluation proxy, ``key``) of a run in epoch order, starting with the base model's evaluation
-    (``base_eval.json``) when the run wrote one."""
-    rows = list(run.epoch_rows)
-    base = run.path / "base_eval.json"
-    if base.is_file():
-        try:
-            rows.insert(0, json.loads(base.read_text()))
-        except (OSError, ValueError):
-            pass
-    px, gd = [], []
-    for r in rows:
-        p, g = as_number(r.get("eval/proxy_reward_mean")), as_number(r.get(key))
-        if math.isfinite(p) and math.isfinite(g):
-            px.append(p)
-            gd.append(g)
-    return np.array(px), np.array(gd)
-
-
 def summarize_condition(plan: StudyPlan, cond: Condition, cdir: Path, clips: dict) -> dict:
-    """Per-arm numbers of one condition (see the module docstring); gold at matched proxy is taken at
-    the highest proxy level that every seed of both the arm and the baseline reached."""
+    """Per-arm numbers of one condition (see the module docstring). The golds are the ones the runs declare
+    (the primary first, each read normalised where that is meaningful, else raw); each is compared with
+    the baseline arm at matched proxy gain by :func:`~grpo_guard.report.runs.matched_gold`, the function
+    the report uses, so study.md and report.html show the same figures."""
     runs = {arm: [load_run(cdir / f"{arm}_s{s}") for s in plan.seeds] for arm in plan.arms}
     base_runs = runs.get(plan.baseline, [])
+    golds = method_golds([Method(ARMS.get(arm, arm), rs) for arm, rs in runs.items()])
     arms_out = {}
     for arm, rs in runs.items():
-        rows = rs
         entry: dict = {"label": ARMS.get(arm, arm), "clip_range": clips.get(arm)}
-        proxy_final = [_eval_points(rw, "eval/proxy_reward_mean")[0][-1:] for rw in rows]
-        entry["proxy_start"] = _stats([_eval_points(rw, "eval/proxy_reward_mean")[0][0] for rw in rows
-                                       if _eval_points(rw, "eval/proxy_reward_mean")[0].size])
-        entry["proxy_final"] = _stats([p[0] for p in proxy_final if p.size])
-        entry["proxy_peak"] = _stats([_eval_points(rw, "eval/proxy_reward_mean")[0].max() for rw in rows
-                                      if _eval_points(rw, "eval/proxy_reward_mean")[0].size])
+        proxies = [eval_points(r, "eval/proxy_reward_mean")[0] for r in rs]
+        entry["proxy_start"] = seed_stats([p[0] for p in proxies if p.size])
+        entry["proxy_final"] = seed_stats([p[-1] for p in proxies if p.size])
+        entry["proxy_peak"] = seed_stats([p.max() for p in proxies if p.size])
         entry["hacking_epochs"] = [r.hacking_epoch() for r in rs]
-        entry["wall_seconds"] = _stats([r.last("wall_seconds") for r in rs])
-        entry["grad_norm_spread"] = _stats([r.mean_grad_norm_spread() for r in rs])
-        entry["clip_high_pos"] = _stats([r.mean_clip_high_pos() for r in rs])
-        entry["clip_low_neg"] = _stats([_mean_step_stat(r, "clip_low_neg") for r in rs])
+        entry["wall_seconds"] = seed_stats([r.last("wall_seconds") for r in rs])
+        entry["grad_norm_spread"] = seed_stats([r.mean_grad_norm_spread() for r in rs])
+        entry["clip_high_pos"] = seed_stats([r.mean_clip_high_pos() for r in rs])
+        entry["clip_low_neg"] = seed_stats([_mean_step_stat(r, "clip_low_neg") for r in rs])
         prof = [r.step_profile("raw_ratio_mean")[1] for r in rs]
         entry["raw_ratio_mean_minus_1_per_step"] = (np.nanmean(np.stack(prof), axis=0) - 1).tolist() if prof else []
-        entry["frac_steps_raw_ratio_below_1"] = _stats([float(np.mean(p[np.isfinite(p)] < 1)) for p in prof
-                                                        if np.isfinite(p).any()])
-        entry["bias_over_spread_last_step"] = _stats([_last_step(r, "bias_over_spread") for r in rs])
-        golds = {}
-        for key, higher in cond.golds.items():
-            g: dict = {"higher_is_better": higher}
-            g["start"] = _stats([_eval_points(rw, key)[1][0] for rw in rows if _eval_points(rw, key)[1].size])
-            g["final"] = _stats([_eval_points(rw, key)[1][-1] for rw in rows if _eval_points(rw, key)[1].size])
+        entry["frac_steps_raw_ratio_below_1"] = seed_stats([float(np.mean(p[np.isfinite(p)] < 1)) for p in prof
+                                                            if np.isfinite(p).any()])
+        entry["bias_over_spread_last_step"] = seed_stats([_last_step(r, "bias_over_spread") for r in rs])
+        entry_golds = {}
+        for metric, key in golds:
+            values = [eval_points(r, key)[1] for r in rs]
+            g: dict = {"label": metric.label, "higher_is_better": metric.better(key), "primary": metric.primary,
+                       "start": seed_stats([v[0] for v in values if v.size]),
+                       "final": seed_stats([v[-1] for v in values if v.size])}
             if arm != plan.baseline and base_runs:
-                g["matched"] = _matched(rs, base_runs, key)
-            golds[key] = g
-        entry["golds"] = golds
+                g["matched"] = matched_gold(rs, base_runs, key)
+            entry_golds[key] = g
+        entry["golds"] = entry_golds
         arms_out[arm] = entry
     return {"condition": cond.name, "note": cond.note, "baseline": plan.baseline, "seeds": plan.seeds,
             "arms": arms_out}
-
-
-def _matched(arm_runs, base_runs, key: str) -> dict | None:
-    """Gold ``key`` of the arm and the baseline at a matched proxy GAIN (proxy minus the run's own
-    starting evaluation; runs with the same seed share the evaluation noise and the start, so the
-    comparison is paired by seed): the largest gain every run of both reached."""
-    pts = {id(r): _eval_points(r, key) for r in [*arm_runs, *base_runs]}
-    if not all(p[0].size for p in pts.values()):
-        return None
-    level = min(float((p[0] - p[0][0]).max()) for p in pts.values())
-    if not level > 0:
-        return None
-
-    def at(run):
-        px, gd = pts[id(run)]
-        return gold_at_proxy(px - px[0], gd, level)
-
-    arm_v, base_v = [at(r) for r in arm_runs], [at(r) for r in base_runs]
-    paired = [a - b for a, b in zip(arm_v, base_v)] if len(arm_v) == len(base_v) else []
-    return {"proxy_gain": level, "arm": _stats(arm_v), "baseline": _stats(base_v), "paired_diff": _stats(paired),
-            "arm_per_seed": arm_v, "baseline_per_seed": base_v}
 
 
 def _mean_step_stat(run, stat: str) -> float:
@@ -321,9 +271,7 @@ def _last_step(run, stat: str) -> float:
 
 
 def _f(s: dict, spec: str = ".3f") -> str:
-    if not s or s.get("n", 0) == 0 or not math.isfinite(s["mean"]):
-        return "n/a"
-    return f"{s['mean']:{spec}} ± {s['sd']:{spec}}" if s["n"] > 1 else f"{s['mean']:{spec}}"
+    return format_stat(s, spec)
 
 
 def format_study_markdown(doc: dict) -> str:
@@ -347,7 +295,9 @@ def format_study_markdown(doc: dict) -> str:
                          f"| {r1_last:.1e} | {_f(a['clip_high_pos'], '.3f')} | {_f(a['clip_low_neg'], '.3f')} "
                          f"| {_f(a['bias_over_spread_last_step'], '.2f')} | {_f(a['grad_norm_spread'], '.1f')} "
                          f"| {_f(a['wall_seconds'], '.1f')} |")
-        lines += ["", "Golds (↑ higher is better, ↓ lower): start → final, and at matched proxy (arm vs baseline).", "",
+        lines += ["", "Golds (↑ higher is better, ↓ lower; the primary gold in bold; `gold_norm/*` and "
+                  "`gold_normalized_avg` relative to the base model, the others raw): start → final, and at matched "
+                  "proxy (arm vs baseline).", "",
                   "| arm | gold | start → final | matched proxy gain | arm | baseline | Δ (paired) |",
                   "|---|---|---|---|---|---|---|"]
         for a in c["arms"].values():
@@ -355,12 +305,11 @@ def format_study_markdown(doc: dict) -> str:
                 arrow = "↑" if g["higher_is_better"] else "↓"
                 m = g.get("matched")
                 if m:
-                    d = m["paired_diff"]
-                    rel = (f" ({100 * d['mean'] / abs(m['baseline']['mean']):+.1f}%)"
-                           if d["n"] and abs(m["baseline"]["mean"]) > 1e-9 else "")
-                    mcols = f"{m['proxy_gain']:.3f} | {_f(m['arm'])} | {_f(m['baseline'])} | {_f(d, '+.3f')}{rel}"
+                    mcols = f"{m['proxy_gain']:.3f} | {_f(m['arm'])} | {_f(m['baseline'])} | {format_paired_diff(m)}"
                 else:
                     mcols = "– | – | – | –"
-                lines.append(f"| {a['label']} | {key} {arrow} | {_f(g['start'])} → {_f(g['final'])} | {mcols} |")
+                name = f"{'**' if g.get('primary') else ''}{g.get('label', key)}{'**' if g.get('primary') else ''}"
+                lines.append(f"| {a['label']} | {name} {arrow} (`{key}`) | {_f(g['start'])} → {_f(g['final'])} "
+                             f"| {mcols} |")
         lines.append("")
     return "\n".join(lines) + "\n"

@@ -96,6 +96,8 @@ class Backbone(nn.Module):
 
     #: per-sample latent shape, e.g. (16, 16, 16)
     latent_shape: tuple[int, ...]
+    #: whether the decoded samples are pictures (image statistics then mean something; grpo_guard/golds.py)
+    samples_are_images: bool = True
 
     # -- prompts -------------------------------------------------------------------------------
     def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:

@@ -31,7 +31,8 @@ __all__ = ["SpectralBackbone", "make_spectral_backbone", "DECODE_SCALE"]
 
 
 class SpectralBackbone(Backbone):
-    """Analytic base velocity + trainable mean correction (see the module docstring).
+    """Analytic base velocity + trainable mean correction (see the module docstring). Its "images" are
+    mode coefficients laid out on the grid, not pictures (``samples_are_images`` False).
 
     Args:
         world: the :class:`SpectralWorld`.
@@ -50,6 +51,7 @@ class SpectralBackbone(Backbone):
         n = world.n
         self.latent_shape = (1, n, n)
         self.image_size = n
+        self.samples_are_images = False
 
         self.register_buffer("lam", world.lam.clone(), persistent=False)
         self.register_buffer("means", world.means.clone(), persistent=False)

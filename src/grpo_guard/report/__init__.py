@@ -5,12 +5,13 @@
 
 Runs whose configs differ only in ``seed`` are grouped into one method, labelled from the loss
 settings ("Flow-GRPO", "GRPO-Guard", "RatioNorm", ...) unless given as ``LABEL=RUN_DIR``. Methods are
-compared at matched proxy reward, never at matched epoch.
+compared with a baseline (Flow-GRPO when present) at matched proxy gain, paired by seed, never at matched
+epoch, on the golds the runs declare (:mod:`grpo_guard.golds`; the primary gold first).
 """
 
 from .figures import make_figures
 from .html import build_report
-from .runs import Method, Run, gold_at_proxy, group_methods, load_run, load_runs, matched_proxy, method_label
+from .runs import Method, Run, gold_at_proxy, group_methods, load_run, load_runs, matched_gold, method_label
 
 __all__ = ["build_report", "make_figures", "Run", "Method", "load_run", "load_runs", "group_methods",
-           "method_label", "gold_at_proxy", "matched_proxy"]
+           "method_label", "gold_at_proxy", "matched_gold"]

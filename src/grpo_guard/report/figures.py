@@ -2,8 +2,11 @@
 
 Every ``fig_*`` function takes the methods (see :mod:`grpo_guard.report.runs`) and an output path,
 writes one PNG atomically (temporary file, then rename) and returns the path. Curves are the mean
-over a method's seeds with a min-max band across seeds. A figure whose data no run logged is still
-written, with a note saying what is missing, so a report always has the same set of files.
+over a method's seeds with a min-max band across seeds. A panel is drawn only where its data exist and
+mean something: :func:`make_figures` leaves out a figure whose data no run logged (e.g. the per-step ratio
+statistics of on-policy runs, the image statistics of a world whose samples are not pictures), and the
+gold panels follow the runs' gold declaration (:mod:`grpo_guard.golds`): each gold once, normalised where
+that is meaningful, else raw next to the base model's value.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
-from .runs import GOLD_KEY, Method, Run, gold_at_proxy, gold_proxy_points, matched_proxy_range
+from .runs import GOLD_KEY, Method, Run, as_number, gain_points, gold_at_proxy, matched_gain, method_golds
 
 __all__ = [
     "fig_training_curves", "fig_gold_vs_proxy", "fig_ratio_per_step", "fig_ratio_heatmap",
@@ -148,43 +151,43 @@ def _positive_log(ax, ys: list[np.ndarray]) -> None:
 
 # ---- (1) training curves -----------------------------------------------------------------------------
 
-def _gold_norm_keys(methods: list[Method]) -> list[str]:
-    """All ``gold_norm/*`` keys any run logged, in first-seen order."""
-    keys: dict[str, None] = {}
-    for m in methods:
-        for r in m.runs:
-            for k in r.metric_keys("gold_norm/"):
-                keys.setdefault(k, None)
-    return list(keys)
+def _has_series(methods: list[Method], key: str) -> bool:
+    """True when some run logged a finite ``key`` at some epoch."""
+    return any(r.finite_series(key)[1].size for m in methods for r in m.runs)
+
+
+def _base_value(methods: list[Method], key: str) -> float:
+    """The mean over runs of the base model's ``key`` (``base_eval.json``); NaN when no run has it."""
+    vals = [as_number(r.base_row.get(key)) for m in methods for r in m.runs if r.base_row]
+    vals = [v for v in vals if math.isfinite(v)]
+    return float(np.mean(vals)) if vals else float("nan")
 
 
 def _panels_vs_epoch(methods: list[Method], panels: list[tuple[str, str]], path: str | Path,
-                     unit_line: Callable[[str], bool] = lambda key: False) -> Path:
-    """One panel per ``(metric key, title)``: each method's seed mean (line) and min-max (band) against
-    epoch; a dashed line at 1 where ``unit_line(key)``; dotted verticals at the monitor's flags on the
-    normalised gold average."""
+                     ref_line: Callable[[str], float] = lambda key: float("nan")) -> Path:
+    """One panel per ``(metric key, title)`` that some run logged: each method's seed mean (line) and
+    min-max (band) against epoch; a dashed line at ``ref_line(key)`` when finite (1 for a normalised gold,
+    the base model's value for a raw one); dotted verticals at the monitor's flags on the normalised gold
+    average."""
+    panels = [(k, t) for k, t in panels if _has_series(methods, k)]
     colors = method_colors(methods)
-    ncols = 3
-    nrows = math.ceil(len(panels) / ncols)
+    ncols = min(3, max(len(panels), 1))
+    nrows = max(math.ceil(len(panels) / ncols), 1)
     fig = new_figure(4.3 * ncols, 3.1 * nrows)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax, (key, title) in zip(axes, panels):
-        drew = False
         for m in methods:
             x, y = _series_stack(m, key)
-            drew |= _band(ax, x, y, colors[m.label], f"{m.label} (n={len(m.runs)})",
-                          marker="o" if x.size < 30 else None)
+            _band(ax, x, y, colors[m.label], f"{m.label} (n={len(m.runs)})", marker="o" if x.size < 30 else None)
             if key == GOLD_KEY:
                 for r in m.runs:
                     he = r.hacking_epoch()
                     if he is not None:
                         ax.axvline(he, color=colors[m.label], ls=":", lw=1.2)
         ax.set_title(title, fontsize=10)
-        if not drew:
-            figure_note(ax, f"no {key} logged")
-            continue
-        if unit_line(key):
-            ax.axhline(1.0, color="0.5", lw=0.8, ls="--")
+        ref = ref_line(key)
+        if math.isfinite(ref):
+            ax.axhline(ref, color="0.5", lw=0.8, ls="--")
         _int_x(ax, "epoch")
         ax.grid(alpha=0.3)
     for ax in axes[len(panels):]:
@@ -200,14 +203,28 @@ def _panels_vs_epoch(methods: list[Method], panels: list[tuple[str, str]], path:
     return save_figure(fig, path)
 
 
+def gold_title(metric, key: str, higher: bool, base_line: bool = True) -> str:
+    """A gold panel's title: its label and direction (an arrow), and its reading (base = 1, or raw; with
+    ``base_line``, the panel draws the base model's value dashed)."""
+    reading = ("base = 1" if key != metric.key or metric.normalised
+               else "raw; dashed: base model" if base_line else "raw")
+    arrow = "\u2191" if higher else "\u2193"
+    return f"{metric.label} {arrow}\n({reading})"
+
+
 def fig_training_curves(methods: list[Method], path: str | Path) -> Path:
-    """Proxy reward (training and evaluation) and every normalised gold metric vs epoch, per method.
+    """Proxy reward (training and evaluation) and every declared gold vs epoch, per method: normalised
+    golds with a dashed line at 1 (the base model), raw ones with a dashed line at the base model's value.
     Dotted vertical lines: the epoch the monitor flagged over-optimization (per run)."""
+    golds = method_golds(methods)
     panels = [("proxy_reward_mean", "proxy reward (training batch)"),
-              ("eval/proxy_reward_mean", "proxy reward (evaluation set)"),
-              (GOLD_KEY, "normalised gold, average (base = 1)")]
-    panels += [(k, f"normalised {k.split('/', 1)[1]} (base = 1)") for k in _gold_norm_keys(methods)]
-    return _panels_vs_epoch(methods, panels, path, unit_line=lambda key: key.startswith("gold"))
+              ("eval/proxy_reward_mean", "proxy reward (evaluation set)")]
+    panels += [(key, gold_title(metric, key, metric.better(key))) for metric, key in golds]
+    normalised = {key for metric, key in golds if key != metric.key or metric.normalised}
+    return _panels_vs_epoch(methods, panels, path,
+                            ref_line=lambda key: 1.0 if key in normalised else (
+                                _base_value(methods, key) if key not in ("proxy_reward_mean", "eval/proxy_reward_mean")
+                                else float("nan")))
 
 
 #: the evaluation images' statistics (grpo_guard/image_stats.py) and their panel titles
@@ -227,58 +244,48 @@ def fig_image_stats(methods: list[Method], path: str | Path) -> Path:
 
 # ---- (2) gold vs proxy ---------------------------------------------------------------------------------
 
-def _reach_range(method: Method, gold_key: str) -> tuple[float, float] | None:
-    """Proxy range every seed of a method covered (highest start to lowest peak)."""
-    pts = [gold_proxy_points(r, gold_key)[0] for r in method.runs]
-    if any(p.size == 0 for p in pts):
-        pts = [p for p in pts if p.size]
-    if not pts:
-        return None
-    lo, hi = max(float(p[0]) for p in pts), min(float(p.max()) for p in pts)
-    return (lo, hi) if hi >= lo else None
-
-
-def fig_gold_vs_proxy(methods: list[Method], path: str | Path, gold_key: str = GOLD_KEY) -> Path:
-    """The over-optimization curve: normalised gold vs evaluation proxy. Thin lines: each run in epoch
-    order (circle = first evaluation, square = last); thick line: the method's gold when its runs first
-    reached each proxy level (seed mean); shaded: the proxy range every run reached, where methods are
-    compared (the summary table uses its top)."""
+def fig_gold_vs_proxy(methods: list[Method], path: str | Path, max_panels: int = 6) -> Path:
+    """The over-optimization curve, one panel per declared gold (the primary first): gold against the
+    evaluation proxy's GAIN over each run's start (the base model's evaluation). Thin lines: each run in
+    epoch order (circle: start, square: last evaluation); thick line: the method's gold when its runs first
+    reached each gain (seed mean); dashed vertical: the largest gain every run reached, where the summary
+    compares methods (:func:`~grpo_guard.report.runs.matched_gold`)."""
     colors = method_colors(methods)
-    fig = new_figure(7.0, 4.8)
-    ax = fig.subplots()
-    drew = False
-    for m in methods:
-        c = colors[m.label]
-        for r in m.runs:
-            x, y = gold_proxy_points(r, gold_key)
-            if not x.size:
-                continue
-            drew = True
-            ax.plot(x, y, color=c, lw=0.8, alpha=0.45)
-            ax.plot(x[:1], y[:1], "o", color=c, ms=5, alpha=0.7)
-            ax.plot(x[-1:], y[-1:], "s", color=c, ms=5, alpha=0.7)
-        rng = _reach_range(m, gold_key)
-        if rng is not None:
-            levels = np.linspace(rng[0], rng[1], 40) if rng[1] > rng[0] else np.array([rng[0]])
-            vals = []
-            for lv in levels:
-                v = [gold_at_proxy(*gold_proxy_points(r, gold_key), lv) for r in m.runs]
-                v = [a for a in v if math.isfinite(a)]
-                vals.append(np.mean(v) if v else np.nan)
-            ax.plot(levels, vals, color=c, lw=2.4, label=f"{m.label} (n={len(m.runs)})")
-    if not drew:
-        figure_note(ax, f"no evaluation epoch with both proxy and {gold_key} logged")
-        return save_figure(fig, path)
-    common = matched_proxy_range(methods, gold_key)
-    if common is not None and len(methods) > 1:
-        ax.axvspan(common[0], common[1], color="0.85", alpha=0.5, lw=0, label="proxy reached by every run")
-        ax.axvline(common[1], color="0.4", lw=0.8, ls="--")
-    ax.axhline(1.0, color="0.5", lw=0.8, ls="--")
-    ax.set_xlabel("proxy reward (evaluation set)")
-    ax.set_ylabel("normalised gold (base model = 1)")
-    ax.set_title("gold vs proxy: compare methods at matched proxy", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    golds = [(metric, key) for metric, key in method_golds(methods)
+             if any(gain_points(r, key)[0].size for m in methods for r in m.runs)][:max_panels]
+    ncols = min(3, max(len(golds), 1))
+    nrows = max(math.ceil(len(golds) / ncols), 1)
+    fig = new_figure(5.0 * ncols, 3.9 * nrows)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax, (metric, key) in zip(axes, golds):
+        for m in methods:
+            c = colors[m.label]
+            for r in m.runs:
+                x, y = gain_points(r, key)
+                if not x.size:
+                    continue
+                ax.plot(x, y, color=c, lw=0.8, alpha=0.45)
+                ax.plot(x[:1], y[:1], "o", color=c, ms=5, alpha=0.7)
+                ax.plot(x[-1:], y[-1:], "s", color=c, ms=5, alpha=0.7)
+            reach = matched_gain(m.runs, key)
+            if reach is not None:
+                levels = np.linspace(0.0, reach, 40)
+                vals = []
+                for lv in levels:
+                    v = [gold_at_proxy(*gain_points(r, key), lv) for r in m.runs]
+                    v = [a for a in v if math.isfinite(a)]
+                    vals.append(np.mean(v) if v else np.nan)
+                ax.plot(levels, vals, color=c, lw=2.4, label=f"{m.label} (n={len(m.runs)})")
+        common = matched_gain([r for m in methods for r in m.runs], key)
+        if common is not None and len(methods) > 1:
+            ax.axvline(common, color="0.4", lw=0.9, ls="--", label="gain every run reached")
+        ax.set_xlabel("proxy gain over the run's start (evaluation set)")
+        ax.set_title(gold_title(metric, key, metric.better(key), base_line=False), fontsize=10)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, loc="best")
+    for ax in axes[len(golds):]:
+        ax.set_visible(False)
     return save_figure(fig, path)
 
 
@@ -480,25 +487,47 @@ def fig_image_strip(method: Method, path: str | Path, count: int = 5) -> Path:
 
 # ---- all -------------------------------------------------------------------------------------------------
 
-FIGURES: dict[str, tuple[Callable, str]] = {
-    "training_curves": (fig_training_curves, "Proxy reward and normalised gold metrics vs epoch"),
-    "image_stats": (fig_image_stats, "Image statistics of the evaluation set vs epoch"),
-    "gold_vs_proxy": (fig_gold_vs_proxy, "Gold vs proxy (over-optimization curve)"),
-    "ratio_per_step": (fig_ratio_per_step, "Importance ratio per step"),
-    "ratio_heatmap": (fig_ratio_heatmap, "Raw ratio mean - 1, step x epoch"),
-    "clip_per_step": (fig_clip_per_step, "Clip fractions per step"),
-    "grad_norm_per_step": (fig_grad_norm_per_step, "Gradient norm per step"),
-    "regime": (fig_regime, "Regime per step: bias over spread and drift"),
+def _has_step_stat(methods: list[Method], stat: str) -> bool:
+    """True when some run logged a finite per-step ``stat`` (a ``step_stats`` key, or ``grad_norm_step``)."""
+    return any(np.isfinite(r.step_matrix(stat)[2]).any() for m in methods for r in m.runs)
+
+
+def _has_gold_points(methods: list[Method]) -> bool:
+    return any(gain_points(r, key)[0].size for _, key in method_golds(methods) for m in methods for r in m.runs)
+
+
+def _samples_are_images(methods: list[Method]) -> bool:
+    return all(r.golds.samples_are_images for m in methods for r in m.runs)
+
+
+#: name -> (figure function, title, whether the runs have its data)
+FIGURES: dict[str, tuple[Callable, str, Callable[[list[Method]], bool]]] = {
+    "training_curves": (fig_training_curves, "Proxy reward and gold metrics vs epoch", lambda ms: True),
+    "image_stats": (fig_image_stats, "Image statistics of the evaluation set vs epoch",
+                    lambda ms: _samples_are_images(ms) and any(_has_series(ms, k) for k, _ in IMAGE_STAT_PANELS)),
+    "gold_vs_proxy": (fig_gold_vs_proxy, "Gold vs proxy gain (over-optimization curve)", _has_gold_points),
+    "ratio_per_step": (fig_ratio_per_step, "Importance ratio per step",
+                       lambda ms: _has_step_stat(ms, "raw_ratio_mean")),
+    "ratio_heatmap": (fig_ratio_heatmap, "Raw ratio mean - 1, step x epoch",
+                      lambda ms: _has_step_stat(ms, "raw_ratio_mean")),
+    "clip_per_step": (fig_clip_per_step, "Clip fractions per step", lambda ms: _has_step_stat(ms, "clip_high_pos")),
+    "grad_norm_per_step": (fig_grad_norm_per_step, "Gradient norm per step",
+                           lambda ms: _has_step_stat(ms, "grad_norm_step")),
+    "regime": (fig_regime, "Regime per step: bias over spread and drift",
+               lambda ms: _has_step_stat(ms, "bias_over_spread")),
 }
 
 
 def make_figures(methods: list[Method], fig_dir: str | Path) -> dict[str, Path]:
-    """Write every figure into ``fig_dir``: the ones in :data:`FIGURES` plus ``images_<method>.png`` per
-    method. Returns name -> path."""
+    """Write the figures of :data:`FIGURES` whose data the runs have into ``fig_dir``, plus
+    ``images_<method>.png`` for each method whose first run saved image grids. Returns name -> path."""
     fig_dir = Path(fig_dir)
-    out = {name: fn(methods, fig_dir / f"{name}.png") for name, (fn, _) in FIGURES.items()}
+    out = {name: fn(methods, fig_dir / f"{name}.png") for name, (fn, _, available) in FIGURES.items()
+           if available(methods)}
     used: set[str] = set()
     for i, m in enumerate(methods):
+        if not m.first.images:
+            continue
         slug = m.slug if m.slug not in used else f"{m.slug}_{i}"
         used.add(slug)
         out[f"images:{m.label}"] = fig_image_strip(m, fig_dir / f"images_{slug}.png")

@@ -1,7 +1,8 @@
 """Load run directories (made by ``grpo-guard train``) and group them into methods.
 
 A run directory holds ``config.yaml`` (the resolved config) and ``metrics.jsonl`` (one JSON object
-per epoch), and usually ``images/epoch_NNNN.png`` and ``best/info.json``. Metric values may be
+per epoch), and usually ``base_eval.json`` (the base model's evaluation), ``golds.json`` (how its golds
+are read: :mod:`grpo_guard.golds`), ``images/epoch_NNNN.png`` and ``best/info.json``. Metric values may be
 ``null`` (NaN/inf were written as null), keys may be missing on some epochs and skipped epochs
 (``"skipped": true``) lack most keys: every accessor here returns NaN for what is not there.
 
@@ -23,11 +24,16 @@ import numpy as np
 import yaml
 
 from ..config import RunConfig, config_to_dict
+from ..golds import AVERAGE_KEY, GoldDeclaration, GoldMetric, read_golds
+
 __all__ = [
     "Run", "Method", "load_run", "load_runs", "group_methods", "method_label", "parse_run_spec",
-    "flatten_config", "NON_METHOD_KEYS", "GOLD_KEY", "MatchedProxy", "gold_proxy_points", "gold_at_proxy",
-    "matched_proxy_range", "method_gold_at_proxy", "matched_proxy",
+    "flatten_config", "NON_METHOD_KEYS", "GOLD_KEY", "seed_stats", "eval_points", "gain_points", "gold_at_proxy",
+    "matched_gain", "matched_gold", "method_golds", "format_stat", "format_paired_diff", "as_number", "read_metrics",
 ]
+
+#: the normalised gold average (the digits world's headline gold)
+GOLD_KEY = AVERAGE_KEY
 
 # Config keys that do not make two runs different methods (besides the seed).
 NON_METHOD_KEYS = ("seed", "cache_dir", "log.", "train.epochs")
@@ -63,6 +69,16 @@ class Run:
     best_info: dict | None = None
     images: list[tuple[int, Path]] = field(default_factory=list)  # (image file number, path), sorted
     bad_lines: int = 0  # metrics lines that did not parse (e.g. a torn last line)
+    base_row: dict | None = None  # the base model's evaluation (base_eval.json), when the run wrote one
+    golds: GoldDeclaration = field(default_factory=GoldDeclaration)  # how its golds are read (golds.json)
+
+    @property
+    def logged_keys(self) -> set[str]:
+        """Every key with a finite scalar value on some row (the base evaluation included)."""
+        keys = set()
+        for r in ([self.base_row] if self.base_row else []) + self.epoch_rows:
+            keys.update(k for k, v in r.items() if math.isfinite(as_number(v)))
+        return keys
 
     @property
     def name(self) -> str:
@@ -330,8 +346,17 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
             if m and f.is_file() and f.stat().st_size > 0:
                 images.append((int(m.group(1)), f))
     images.sort()
-    return Run(path=p, config=_merge(_default_config(), raw), rows=rows, label_override=label,
-               best_info=best if isinstance(best, dict) else None, images=images, bad_lines=bad)
+    base_row = None
+    if (p / "base_eval.json").is_file():
+        try:
+            base_row = json.loads((p / "base_eval.json").read_text())
+        except (json.JSONDecodeError, OSError):
+            base_row = None
+    run = Run(path=p, config=_merge(_default_config(), raw), rows=rows, label_override=label,
+              best_info=best if isinstance(best, dict) else None, images=images, bad_lines=bad,
+              base_row=base_row if isinstance(base_row, dict) else None)
+    run.golds = read_golds(p, run.logged_keys)
+    return run
 
 
 # ---- methods -----------------------------------------------------------------------------------------
@@ -455,23 +480,33 @@ def load_runs(run_dirs, labels: dict | None = None) -> list[Method]:
 
 # ---- gold at matched proxy ---------------------------------------------------------------------------
 
-GOLD_KEY = "gold_normalized_avg"
+
+def seed_stats(values) -> dict:
+    """``{"mean", "sd", "n"}`` of the finite values (population sd; 0 for one value; NaN when none)."""
+    v = [float(x) for x in values if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)]
+    if not v:
+        return {"mean": float("nan"), "sd": float("nan"), "n": 0}
+    return {"mean": float(np.mean(v)), "sd": float(np.std(v)) if len(v) > 1 else 0.0, "n": len(v)}
 
 
-def gold_proxy_points(run: Run, gold_key: str = GOLD_KEY) -> tuple[np.ndarray, np.ndarray]:
-    """``(proxy, gold)`` at the evaluation epochs, in epoch order, where both are finite. The proxy is
-    the evaluation proxy (``eval/proxy_reward_mean``, same images as the gold metrics), else the
-    training proxy of that epoch."""
+def eval_points(run: Run, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(evaluation proxy, key)`` of a run in epoch order, where both are finite, starting with the base
+    model's evaluation (``base_eval.json``) when the run wrote one. The proxy is the evaluation proxy
+    (``eval/proxy_reward_mean``): the same images as the gold metrics."""
+    rows = ([run.base_row] if run.base_row else []) + run.epoch_rows
     px, gd = [], []
-    for r in run.epoch_rows:
-        g = as_number(r.get(gold_key))
-        p = as_number(r.get("eval/proxy_reward_mean"))
-        if not math.isfinite(p):
-            p = as_number(r.get("proxy_reward_mean"))
-        if math.isfinite(g) and math.isfinite(p):
+    for r in rows:
+        p, g = as_number(r.get("eval/proxy_reward_mean")), as_number(r.get(key))
+        if math.isfinite(p) and math.isfinite(g):
             px.append(p)
             gd.append(g)
     return np.array(px, dtype=float), np.array(gd, dtype=float)
+
+
+def gain_points(run: Run, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`eval_points` with the proxy as the GAIN over the run's first point (its start)."""
+    px, gd = eval_points(run, key)
+    return (px - px[0] if px.size else px), gd
 
 
 def gold_at_proxy(proxy, gold, level: float) -> float:
@@ -495,60 +530,75 @@ def gold_at_proxy(proxy, gold, level: float) -> float:
     return float(y0 + (level - x0) / (x1 - x0) * (y1 - y0))
 
 
-@dataclass
-class MatchedProxy:
-    """Normalised gold of each method at common proxy levels (seed means and per-seed values)."""
-
-    levels: list[float]
-    gold: dict[str, list[float]]  # method label -> mean over seeds, per level
-    per_seed: dict[str, list[list[float]]]  # method label -> per level, per seed
-    lo: float = float("nan")
-    hi: float = float("nan")
-
-    @property
-    def ok(self) -> bool:
-        """True when there is a proxy range that every run reached."""
-        return bool(self.levels)
+def matched_gain(runs: list[Run], key: str) -> float | None:
+    """The largest proxy gain every run in ``runs`` reached with ``key`` logged (None when some run has
+    no point, or no run gained)."""
+    gains = [gain_points(r, key)[0] for r in runs]
+    if not gains or not all(g.size for g in gains):
+        return None
+    level = min(float(g.max()) for g in gains)
+    return level if level > 0 else None
 
 
-def matched_proxy_range(methods: list[Method], gold_key: str = GOLD_KEY) -> tuple[float, float] | None:
-    """The proxy range every run of every method covered: from the highest starting proxy to the lowest
-    peak proxy. Runs without any (proxy, gold) point (no evaluator) are left out. None when no run has
-    points or the runs' ranges do not overlap."""
-    starts, peaks = [], []
+def _pairs(arm_runs: list[Run], base_runs: list[Run]) -> list[tuple[Run, Run]]:
+    """Runs of the arm and of the baseline with the same seed (by position when seeds are missing)."""
+    if all(r.seed is not None for r in [*arm_runs, *base_runs]):
+        base = {r.seed: r for r in base_runs}
+        return [(r, base[r.seed]) for r in arm_runs if r.seed in base]
+    return list(zip(arm_runs, base_runs))
+
+
+def format_stat(s: dict | None, spec: str = ".3f", missing: str = "n/a") -> str:
+    """``mean ± sd`` of a :func:`seed_stats` dict (just the mean for one value); ``missing`` when empty."""
+    if not s or s.get("n", 0) == 0 or not math.isfinite(s["mean"]):
+        return missing
+    return f"{s['mean']:{spec}} ± {s['sd']:{spec.lstrip('+')}}" if s["n"] > 1 else f"{s['mean']:{spec}}"
+
+
+def format_paired_diff(m: dict) -> str:
+    """A :func:`matched_gold` result's paired difference, ``+0.110 ± 0.010 (+78.0%)`` (the relative change
+    against the baseline's mean when that is not 0): the one rendering of study.md and the report."""
+    d = m["paired_diff"]
+    base = m["baseline"]["mean"]
+    rel = f" ({100 * d['mean'] / abs(base):+.1f}%)" if d["n"] and math.isfinite(base) and abs(base) > 1e-9 else ""
+    return format_stat(d, "+.3f") + rel
+
+
+def matched_gold(arm_runs: list[Run], base_runs: list[Run], key: str) -> dict | None:
+    """Gold ``key`` of an arm and of the baseline at a matched proxy GAIN: the largest gain over the
+    run's own start (the base model's evaluation) that every run of both reached (first crossing,
+    interpolated). Runs with the same seed share the evaluation noise and the start, so the difference is
+    paired by seed. Returns ``proxy_gain``; ``arm``, ``baseline`` and ``paired_diff`` (arm - baseline) as
+    :func:`seed_stats`; ``arm_per_seed``, ``baseline_per_seed``, ``paired_per_seed`` and the paired
+    ``seeds``. None when there is no common gain."""
+    level = matched_gain([*arm_runs, *base_runs], key)
+    if level is None:
+        return None
+
+    def at(run: Run) -> float:
+        return gold_at_proxy(*gain_points(run, key), level)
+
+    pairs = _pairs(arm_runs, base_runs)
+    arm_v, base_v = [at(r) for r in arm_runs], [at(r) for r in base_runs]
+    diffs = [at(a) - at(b) for a, b in pairs]
+    return {"proxy_gain": level, "arm": seed_stats(arm_v), "baseline": seed_stats(base_v),
+            "paired_diff": seed_stats(diffs), "arm_per_seed": arm_v, "baseline_per_seed": base_v,
+            "paired_per_seed": diffs, "seeds": [a.seed for a, _ in pairs]}
+
+
+def method_golds(methods: list[Method]) -> list[tuple[GoldMetric, str]]:
+    """The golds the methods are compared on: ``(metric, reading key)`` in the declaration of the first
+    run (the primary gold first), each read normalised where declared and logged, else raw; metrics that
+    no run logged are left out."""
+    if not methods:
+        return []
+    logged: set[str] = set()
     for m in methods:
         for r in m.runs:
-            x, _ = gold_proxy_points(r, gold_key)
-            if not x.size:
-                continue
-            starts.append(float(x[0]))
-            peaks.append(float(x.max()))
-    if not starts:
-        return None
-    lo, hi = max(starts), min(peaks)
-    return (lo, hi) if hi >= lo else None
-
-
-def method_gold_at_proxy(method: Method, level: float, gold_key: str = GOLD_KEY) -> tuple[float, list[float]]:
-    """(mean over the seeds that reached ``level``, per-seed values with NaN for seeds that did not)."""
-    vals = [gold_at_proxy(*gold_proxy_points(r, gold_key), level) for r in method.runs]
-    finite = [v for v in vals if math.isfinite(v)]
-    return (float(np.mean(finite)) if finite else float("nan")), vals
-
-
-def matched_proxy(methods: list[Method], n_levels: int = 4, gold_key: str = GOLD_KEY) -> MatchedProxy:
-    """Gold of each method at ``n_levels`` evenly spaced proxy levels of the common range (its top
-    level last: the highest proxy every run reached). Empty when there is no common range."""
-    if n_levels < 1:
-        raise ValueError(f"n_levels: must be >= 1, got {n_levels}")
-    rng = matched_proxy_range(methods, gold_key)
-    if rng is None:
-        return MatchedProxy(levels=[], gold={}, per_seed={})
-    lo, hi = rng
-    levels = [hi] if n_levels == 1 or hi == lo else [float(v) for v in np.linspace(lo, hi, n_levels)]
-    gold, per_seed = {}, {}
-    for m in methods:
-        res = [method_gold_at_proxy(m, lv, gold_key) for lv in levels]
-        gold[m.label] = [a for a, _ in res]
-        per_seed[m.label] = [b for _, b in res]
-    return MatchedProxy(levels=levels, gold=gold, per_seed=per_seed, lo=lo, hi=hi)
+            logged |= r.logged_keys
+    out = []
+    for metric in methods[0].first.golds.metrics:
+        key = metric.reading_key(logged)
+        if key in logged:
+            out.append((metric, key))
+    return out

@@ -6,6 +6,10 @@ Whether it is optimised (``proxy``) or only logged (``gold``) is decided by the 
 the reward. An evaluator computes set-level metrics (e.g. a Frechet distance) on a whole
 evaluation set and says which direction is better, so that they can be normalised to the base
 model (= 1, higher is better) and averaged.
+
+How a gold is read (the headline gold, its direction, whether a value relative to the base model means
+something, a reward that duplicates an evaluator metric) is declared with optional attributes on the
+reward or evaluator object; :mod:`grpo_guard.golds` lists them.
 """
 
 from __future__ import annotations

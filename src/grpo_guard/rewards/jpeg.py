@@ -47,6 +47,8 @@ def jpeg_size_kb(images: Tensor, quality: int = 95) -> Tensor:
 class JpegReward:
     def __init__(self, name: str, sign: float, quality: int):
         self.name, self.sign, self.quality = name, sign, quality
+        # as a gold (grpo_guard/golds.py): read raw, as the compressibility (minus a size) is negative
+        self.normalise = sign > 0
 
     @torch.no_grad()
     def __call__(self, images: Tensor, prompts: list[str], metadata: list[dict] | None = None) -> Tensor:

@@ -67,11 +67,16 @@ def make_spectral_proxy(params: dict, ctx: RewardContext) -> _RouteReward:
 
 
 def make_spectral_attribute(params: dict, ctx: RewardContext) -> _RouteReward:
-    return _RouteReward("spectral_attribute", dict(params), ctx, 1.0, 0.0)
+    reward = _RouteReward("spectral_attribute", dict(params), ctx, 1.0, 0.0)
+    # as a gold (grpo_guard/golds.py): the base model's g is near 0, so it is read raw, not base-relative
+    reward.label, reward.normalise, reward.same_as = "true attribute g", False, "attribute"
+    return reward
 
 
 def make_spectral_exploit(params: dict, ctx: RewardContext) -> _RouteReward:
-    return _RouteReward("spectral_exploit", dict(params), ctx, 0.0, 1.0)
+    reward = _RouteReward("spectral_exploit", dict(params), ctx, 0.0, 1.0)
+    reward.label, reward.normalise, reward.same_as, reward.higher_is_better = "exploit e", False, "exploit", False
+    return reward
 
 
 class SpectralGoldEvaluator(_SpectralReader):
@@ -79,6 +84,12 @@ class SpectralGoldEvaluator(_SpectralReader):
 
     name = "spectral_gold"
     higher_is_better = {"attribute": True, "exploit": False, "drift_lf": False, "drift_hf": False}
+    # how they are read (grpo_guard/golds.py): the true attribute is the headline; every metric is raw, as
+    # the base model's attribute and exploit are near 0 and the unbiased drifts can be negative
+    primary = "attribute"
+    raw_metrics = ("attribute", "exploit", "drift_lf", "drift_hf")
+    labels = {"attribute": "true attribute g", "exploit": "exploit e", "drift_lf": "class-mean drift, LF",
+              "drift_hf": "class-mean drift, HF"}
 
     def __init__(self, params: dict, ctx: RewardContext):
         params = dict(params)

@@ -100,6 +100,10 @@ class ToyGoldEvaluator:
     recall, within-prompt diversity."""
 
     name = "toy_gold"
+    # how they are read (grpo_guard/golds.py): the headline is the normalised average of ``average``
+    primary = "average"
+    labels = {"accuracy": "accuracy", "frechet": "Frechet distance", "precision": "precision", "recall": "recall",
+              "diversity": "diversity", "hf_energy": "HF energy"}
 
     def __init__(self, params: dict, ctx: RewardContext):
         res = _resolution(params, ctx)

@@ -21,13 +21,14 @@ from torch import Tensor
 
 from ..backbones import BackboneContext, build_backbone
 from ..config import RunConfig
+from ..golds import GOLDS_FILE, GoldDeclaration
 from ..prompts import PromptSet, load_prompt_set
 from ..rewards import RewardContext, build_evaluator, build_reward
 from ..sharding import full_optimizer_state, load_optimizer_state, reshard, shard_modules
 from .checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from .ema import EMA
 from .errors import OutputWriteError
-from .evaluate import evaluate_policy
+from .evaluate import evaluate_policy, run_golds
 from .faults import StopRequest
 from .monitor import OveroptimizationMonitor
 from .runlog import MetricsLog, atomic_write_text, to_jsonable
@@ -78,6 +79,7 @@ class RunContext:
     rewards: dict
     evaluator: object | None
     prompts: PromptSet
+    golds: GoldDeclaration
     schedule: StepSchedule
     metrics: MetricsLog
     monitor: OveroptimizationMonitor
@@ -159,8 +161,11 @@ def build_context(cfg: RunConfig, out: Path, accelerator, log, stop: StopRequest
         model, optimizer = backbone, accelerator.prepare(optimizer)
     else:
         model, optimizer = accelerator.prepare(backbone, optimizer)
+    golds = run_golds(cfg, backbone, rewards, evaluator)
+    if is_main:  # how the golds are read, for the summary, study.md and the report (grpo_guard/golds.py)
+        atomic_write_text(out / GOLDS_FILE, json.dumps(golds.to_dict(), indent=1))
     ctx = RunContext(cfg, out, accelerator, log, stop, backbone, model, optimizer, ema, sharded, rewards,
-                     evaluator, prompts, schedule, MetricsLog(out / "metrics.jsonl"),
+                     evaluator, prompts, golds, schedule, MetricsLog(out / "metrics.jsonl"),
                      OveroptimizationMonitor(cfg.monitor))
     if resume:
         _restore(ctx)

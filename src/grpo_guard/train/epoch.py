@@ -74,7 +74,7 @@ def evaluate_base(ctx: RunContext) -> None:
                     if k.startswith("gold/") or k in {f"eval/{n}_mean" for n in ctx.gold_rewards}}
     st.base_proxy = base["eval/proxy_reward_mean"]
     if ctx.is_main:  # the base model's evaluation: the common start of every run with this seed
-        base_row = {**base, **normalise_gold(base, st.base_gold, ctx.evaluator, ctx.gold_rewards)}
+        base_row = {**base, **normalise_gold(base, st.base_gold, ctx.golds)}
         atomic_write_text(ctx.out / "base_eval.json", json.dumps(to_jsonable(base_row), indent=1))
         gold = ", ".join(f"{k[5:]} {v:.4g}" for k, v in st.base_gold.items())
         ctx.log(f"base model: eval proxy {st.base_proxy:.4f}" + (f", gold {gold}" if gold else "")
@@ -332,7 +332,7 @@ def evaluate_epoch(ctx: RunContext, epoch: int) -> dict:
     fault_point("eval")
     if res is not None:
         row.update(res)
-        row.update(normalise_gold(res, ctx.state.base_gold, ctx.evaluator, ctx.gold_rewards))
+        row.update(normalise_gold(res, ctx.state.base_gold, ctx.golds))
     row["eval_seconds"] = time.perf_counter() - t0
     every = cfg.log.image_every
     if res is not None and ctx.is_main and every and (epoch + 1 - ctx.last_grid >= every or last):

@@ -19,12 +19,13 @@ from torch import Tensor
 from ..config import RunConfig
 from ..prompts import PromptSet
 from ..core._checks import all_finite
+from ..golds import AVERAGE_KEY, GoldDeclaration, declare_golds
 from ..image_stats import image_stats
 from ..rewards import weighted_sum
 from .rollout import per_sample_noise, rollout
 from .schedule import StepSchedule
 
-__all__ = ["evaluate_policy", "eval_sampler", "normalise_gold", "EvaluationRewardError"]
+__all__ = ["evaluate_policy", "eval_sampler", "normalise_gold", "run_golds", "EvaluationRewardError"]
 
 
 class EvaluationRewardError(RuntimeError):
@@ -103,41 +104,34 @@ def eval_sampler(cfg: RunConfig, backbone) -> tuple[StepSchedule, float]:
     return StepSchedule.from_config(s, backbone.sigmas(s.num_steps, s.shift), []), guidance
 
 
-def normalise_gold(res: dict, base: dict | None, evaluator, gold_rewards: tuple[str, ...] = ()) -> dict:
-    """Each gold metric relative to the base model's (1 = base, higher = better), and their average
-    ``gold_normalized_avg`` (the paper's Table 1 convention):
+def run_golds(cfg: RunConfig, backbone, rewards: dict, evaluator) -> GoldDeclaration:
+    """How the run's golds are read (:mod:`grpo_guard.golds`): from its evaluator, its gold-role rewards
+    and whether its backbone's samples are pictures."""
+    gold = {spec.name: rewards[spec.name] for spec in cfg.rewards if spec.role == "gold"}
+    return declare_golds(evaluator, gold, samples_are_images=getattr(backbone, "samples_are_images", True))
 
-    * the evaluator's set-level ``gold/<metric>``: value / base, or base / value where lower is better;
-    * every gold-role reward ``eval/<name>_mean`` (``gold_rewards``), assumed higher-is-better, as
-      ``gold_norm/<name>`` = value / base where the base value is positive (a reward whose base is not,
-      e.g. a negative JPEG size, is left out).
 
-    The average is over the evaluator's ``average`` metrics when there is an evaluator, else over the
-    normalised gold rewards, so that a run with gold rewards only (SD3 / Flux with PickScore as gold)
-    also gets an over-optimization monitor."""
+def normalise_gold(res: dict, base: dict | None, golds: GoldDeclaration) -> dict:
+    """Each gold metric that ``golds`` declares normalised, relative to the base model's value (1 = base,
+    higher = better): ``gold_norm/<name>`` = value / base, or base / value where lower is better; and
+    their average ``gold_normalized_avg`` over the metrics declared ``in_average`` (the paper's Table 1
+    convention; with no evaluator, the gold rewards, so that a run with gold rewards only, e.g. SD3 / Flux
+    with PickScore as gold, also gets an over-optimization monitor). A metric whose base value is not
+    positive and finite is left out (its ratio would mean nothing)."""
     out: dict = {}
     if not base:
         return out
     vals = []
-    if evaluator is not None:
-        avg_keys = getattr(evaluator, "average", tuple(evaluator.higher_is_better))
-        for k, higher in evaluator.higher_is_better.items():
-            b, v = base.get(f"gold/{k}"), res.get(f"gold/{k}")
-            if b is None or v is None or not (b > 0 and math.isfinite(b)):
-                continue
-            n = v / b if higher else (b / v if v > 0 else float("inf"))
-            out[f"gold_norm/{k}"] = n
-            if k in avg_keys:
-                vals.append(n)
-    reward_vals = []
-    for name in gold_rewards:
-        b, v = base.get(f"eval/{name}_mean"), res.get(f"eval/{name}_mean")
+    for m in golds.metrics:
+        if m.norm_key is None or m.key == AVERAGE_KEY:
+            continue
+        b, v = base.get(m.key), res.get(m.key)
         if b is None or v is None or not (b > 0 and math.isfinite(b)):
             continue
-        out[f"gold_norm/{name}"] = v / b
-        reward_vals.append(v / b)
-    if evaluator is None:
-        vals = reward_vals
-    if vals:
-        out["gold_normalized_avg"] = sum(vals) / len(vals)
+        n = v / b if m.higher_is_better else (b / v if v > 0 else float("inf"))
+        out[m.norm_key] = n
+        if m.in_average:
+            vals.append(n)
+    if vals and golds.get(AVERAGE_KEY) is not None:
+        out[AVERAGE_KEY] = sum(vals) / len(vals)
     return out

@@ -170,7 +170,7 @@ def prepare_run_dir(output_dir: Path, resume: bool) -> None:
 
 
 def _remove_unstarted_run(out: Path, created: bool) -> None:
-    for name in ("config.yaml", "reproducibility.json", "base_eval.json", "images", "checkpoints", "best",
+    for name in ("config.yaml", "reproducibility.json", "golds.json", "base_eval.json", "images", "checkpoints", "best",
                  "tensorboard", "wandb", "wandb_id"):
         p = out / name
         if p.is_dir():

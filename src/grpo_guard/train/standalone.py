@@ -15,8 +15,8 @@ from ..config import load_config
 from ..prompts import PromptSet, load_prompt_set
 from ..rewards import RewardContext, build_evaluator, build_reward
 from .checkpoint import latest_checkpoint, verify_checkpoint
-from .evaluate import evaluate_policy, normalise_gold
-from .summary import gold_lines, gold_reward_names
+from .evaluate import evaluate_policy, normalise_gold, run_golds
+from .summary import gold_lines, gold_readings
 
 __all__ = ["run_dir_of", "evaluate_checkpoint", "load_checkpoint_backbone", "export_run", "paper_table",
            "paper_table_markdown", "PAPER_PROTOCOL"]
@@ -82,7 +82,7 @@ def evaluate_checkpoint(checkpoint: Path, *, samples_per_prompt: int | None = No
     ckpts = sorted((run / "checkpoints").glob("epoch_*/state.json"))
     if ckpts:
         base = json.loads(ckpts[-1].read_text()).get("base_gold")
-    res.update(normalise_gold(res, base, evaluator, tuple(r.name for r in cfg.rewards if r.role == "gold")))
+    res.update(normalise_gold(res, base, run_golds(cfg, backbone, rewards, evaluator)))
     res["checkpoint"] = str(checkpoint)
     if protocol == "paper":
         res["paper_table"] = paper_table(cfg, rewards, images, prompt_set, res)
@@ -150,10 +150,10 @@ def checkpoint_gold_lines(result: dict, checkpoint: Path) -> list[str]:
     run = run.parent if run.name == "checkpoints" else run
     base_path = run / "base_eval.json"
     base = json.loads(base_path.read_text()) if base_path.is_file() else {}
-    keys = ["gold_normalized_avg", *sorted(k for k in result if k.startswith(("gold_norm/", "gold/"))),
-            *(f"eval/{name}_mean" for name in gold_reward_names(run))]
-    golds = {k: {"base": 1.0 if k == "gold_normalized_avg" or k.startswith("gold_norm/") else base.get(k),
-                 "final": result[k]} for k in keys if k in result}
+    logged = {k for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    golds = {key: {"label": metric.label, "primary": metric.primary, "higher_is_better": metric.better(key),
+                   "base": base.get(key, 1.0 if key != metric.key else None), "final": result[key]}
+             for metric, key in gold_readings(run, logged)}
     return gold_lines(golds, final=f"{Path(checkpoint).name}")
 
 

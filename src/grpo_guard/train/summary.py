@@ -13,11 +13,11 @@ import json
 import math
 from pathlib import Path
 
-import yaml
 
+from ..golds import GoldMetric, read_golds
 from .runlog import MetricsLog, atomic_write_text, to_jsonable
 
-__all__ = ["summarise_run", "format_summary", "format_summary_line", "gold_lines", "gold_reward_names", "write_summary",
+__all__ = ["summarise_run", "format_summary", "format_summary_line", "gold_lines", "gold_readings", "write_summary",
            "SUMMARY_FILE"]
 
 SUMMARY_FILE = "summary.json"
@@ -34,22 +34,15 @@ def _finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def gold_reward_names(run: Path) -> list[str]:
-    """The names of the run's gold-role rewards, from its ``config.yaml``."""
-    try:
-        cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return []
-    return [r.get("name") for r in cfg.get("rewards") or [] if isinstance(r, dict) and r.get("role") == "gold"]
-
-
-def _gold_keys(rows: list[dict], base: dict, gold_rewards: list[str]) -> list[str]:
-    """The gold metrics the run logged: the normalised average first, then each normalised gold, then the
-    raw gold rewards and evaluator metrics."""
-    keys = {k for r in rows for k in r} | set(base)
-    order = ["gold_normalized_avg"] + sorted(k for k in keys if k.startswith("gold_norm/"))
-    raw = [f"eval/{name}_mean" for name in gold_rewards] + sorted(k for k in keys if k.startswith("gold/"))
-    return [k for k in order + raw if k in keys]
+def gold_readings(run: Path, logged: set[str]) -> list[tuple[GoldMetric, str]]:
+    """The run's golds (its ``golds.json``, or inferred from ``logged``), each with the key it is read from
+    (normalised where declared and logged, else raw), the primary first; golds never logged are left out."""
+    out = []
+    for metric in read_golds(run, logged).metrics:
+        key = metric.reading_key(logged)
+        if key in logged:
+            out.append((metric, key))
+    return out
 
 
 def _mean(values: list[float]) -> float | None:
@@ -87,10 +80,12 @@ def summarise_run(run_dir: str | Path, *, interrupted: bool = False) -> dict:
                            "final_epoch": eval_rows[-1]["epoch"]}
     best_row = next((r for r in rows if r.get("epoch") == best.get("epoch")), None) if best else None
     golds = {}
-    for key in _gold_keys(eval_rows, base, gold_reward_names(run)):
+    logged = {k for r in [base, *eval_rows] for k, v in r.items() if _finite(v)}
+    for metric, key in gold_readings(run, logged):
         final = next((r[key] for r in reversed(eval_rows) if _finite(r.get(key))), None)
-        start = 1.0 if key == "gold_normalized_avg" or key.startswith("gold_norm/") else base.get(key)
-        golds[key] = {"base": start, "final": final, "at_best": best_row.get(key) if best_row else None}
+        golds[key] = {"label": metric.label, "primary": metric.primary, "higher_is_better": metric.better(key),
+                      "base": base.get(key, 1.0 if key != metric.key else None), "final": final,
+                      "at_best": best_row.get(key) if best_row else None}
     if golds:
         s["golds"] = golds
     if best:
@@ -151,19 +146,20 @@ def format_summary(s: dict) -> str:
 
 
 def gold_lines(golds: dict, best_epoch: int | None = None, final: str = "final") -> list[str]:
-    """The lines of the gold metrics ``{key: {"base", "final", "at_best"}}``: each ``base -> final`` (and its
-    value at the best checkpoint), the normalised golds instead of their raw values where both exist."""
+    """The lines of the gold metrics ``{reading key: {"label", "primary", "higher_is_better", "base",
+    "final", "at_best"}}`` (as :func:`summarise_run` makes them): each ``base -> final`` (and its value at the
+    best checkpoint), the primary gold marked, a lower-is-better one said so."""
     if not golds:
         return []
-    normalised = {k.split("/", 1)[1] for k in golds if k.startswith("gold_norm/")}
     lines = [f"  gold                      base -> {final}" + (f" (at the best checkpoint, epoch {best_epoch})"
                                                             if best_epoch is not None else "")]
     for key, g in golds.items():
-        name = key.split("/", 1)[-1].removesuffix("_mean")
-        if not key.startswith("gold_norm") and key != "gold_normalized_avg" and name in normalised:
-            continue  # shown normalised (summary.json keeps the raw value too)
         at_best = f" ({_fmt(g['at_best'])})" if g.get("at_best") is not None else ""
-        lines.append(f"    {key:23s} {_fmt(g['base'])} -> {_fmt(g['final'])}{at_best}")
+        arrow = " (lower is better)" if g.get("higher_is_better") is False else ""
+        mark = "* " if g.get("primary") else "  "
+        lines.append(f"  {mark}{key:23s} {_fmt(g['base'])} -> {_fmt(g['final'])}{at_best}{arrow}")
+    if any(g.get("primary") for g in golds.values()):
+        lines.append("    (* the primary gold)")
     return lines
 
 
@@ -173,7 +169,7 @@ def format_summary_line(s: dict) -> str:
     if "proxy" in s:
         parts.append(f"proxy {_fmt(s['proxy']['first'], 3)} -> {_fmt(s['proxy']['last'], 3)}")
     golds = s.get("golds", {})
-    key = next(iter(golds), None)
+    key = next((k for k, g in golds.items() if g.get("primary")), next(iter(golds), None))
     if key is not None:
         parts.append(f"{key} {_fmt(golds[key]['base'], 3)} -> {_fmt(golds[key]['final'], 3)}")
     if s["monitor"]["hacking"]:
