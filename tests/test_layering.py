@@ -12,7 +12,7 @@ ROOT = Path(grpo_guard.__file__).resolve().parent
 #: bottom to top; a module may import from its own layer (within its own package for the middle layers) or
 #: from a lower one. ``world`` holds the toy worlds' model code; backbones and rewards plug it in.
 LAYERS = [
-    {"core", "seeding", "errors", "registry", "malloc"},
+    {"core", "seeding", "errors", "registry", "malloc", "stopping", "cache_entry"},
     {"config", "image_stats", "sharding", "prompt_sets", "golds"},  # prompt_sets: GenEval's vocabulary, used by rewards
     {"world"},
     {"backbones", "rewards", "prompts"},

@@ -57,14 +57,15 @@ def test_a_run_stopped_by_a_signal_writes_its_summary_marked_interrupted(tmp_pat
 
     def score_then_signal(ctx, batch, traj):
         if batch.epoch == 1:
-            os.kill(os.getpid(), signal.SIGTERM)  # the loop finishes the epoch, checkpoints and stops
+            os.kill(os.getpid(), signal.SIGTERM)  # before any update: the loop drops the epoch, checkpoints, stops
         return real(ctx, batch, traj)
 
     monkeypatch.setattr("grpo_guard.train.loop.score_batch", score_then_signal)
     with pytest.raises(TrainingInterrupted):
         train(tiny_cfg(tmp_path / "cache", "train.epochs=5"), tmp_path / "run", log=lambda *_: None)
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert s["interrupted"] and s["epochs"] == 2 == len(rows(tmp_path / "run"))
+    assert s["interrupted"] and s["epochs"] == 1 == len(rows(tmp_path / "run"))
+    assert (tmp_path / "run" / "checkpoints" / "epoch_000001").is_dir()  # the state at the dropped epoch's start
     assert s == json.loads(json.dumps(summarise_run(tmp_path / "run", interrupted=True)))
 
 

@@ -13,13 +13,8 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .cache_entry import atomic_write_text
 from .errors import UsageError
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _cmd_mechanism(args: argparse.Namespace) -> int:
@@ -42,7 +37,7 @@ def _cmd_mechanism(args: argparse.Namespace) -> int:
     result = simulate_mechanism(cfg)
     print(format_table(result))
     if out is not None:
-        _atomic_write_text(out / "mechanism.json", json.dumps(result, indent=1))
+        atomic_write_text(out / "mechanism.json", json.dumps(result, indent=1))
         png = out / "mechanism.png"
         tmp = out / "mechanism.tmp.png"
         plot_mechanism(result, tmp)
@@ -274,12 +269,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     text = json.dumps(result, indent=1)
     print(text)
     if args.out:
-        _atomic_write_text(Path(args.out), text)
+        atomic_write_text(Path(args.out), text)
     if args.protocol == "paper":  # the paper's table beside the run, as JSON and Markdown
         run = run_dir_of(Path(args.checkpoint))
         table = paper_table_markdown(result["paper_table"], Path(args.checkpoint))
-        _atomic_write_text(run / "paper_eval.json", json.dumps(result["paper_table"], indent=1))
-        _atomic_write_text(run / "paper_eval.md", table)
+        atomic_write_text(run / "paper_eval.json", json.dumps(result["paper_table"], indent=1))
+        atomic_write_text(run / "paper_eval.md", table)
         print(table + f"(written to {run / 'paper_eval.md'} and paper_eval.json)", file=sys.stderr)
     # the same gold lines as a run's summary, for a reader (stdout stays the JSON)
     for line in checkpoint_gold_lines(result, Path(args.checkpoint)):
@@ -484,14 +479,31 @@ def main(argv: list[str] | None = None) -> int:
     from .malloc import tune_glibc_malloc
 
     tune_glibc_malloc()  # large tensors' memory reused instead of page-faulted in at every call (CPU)
+    from . import stopping
+
     try:
-        return args.func(args)
+        with stopping.installed():  # SIGINT / SIGTERM: one mechanism for every phase (grpo_guard/stopping.py)
+            return args.func(args)
     except UsageError as e:
         print(f"grpo-guard {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except stopping.StopRequested as e:
+        print(f"grpo-guard {args.command}: {e}; {_AFTER_STOP.get(args.command, 'run the same command again')}",
+              file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(f"grpo-guard {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+#: what the one-line message of a stop tells the user to do next, per command
+_AFTER_STOP = {
+    "train": "nothing of that phase was kept: the same command redoes it (--resume RUN_DIR continues a run "
+             "from its last checkpoint)",
+    "demo": "run the same command with --resume to continue",
+    "study": "run the same command again to continue",
+    "pretrain": "nothing was kept: the same command redoes it",
+}
 
 
 if __name__ == "__main__":

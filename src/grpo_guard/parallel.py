@@ -15,16 +15,15 @@ import os
 import shutil
 import signal
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from . import stopping
 from .backbones import BackboneContext, build_backbone
 from .config import load_config
 from .rewards import RewardContext, build_evaluator, build_reward
@@ -102,32 +101,35 @@ def _world_key(cfg) -> str:
     return repr((cfg.cache_dir, cfg.seed, cfg.backbone, cfg.rewards, cfg.eval.evaluator, cfg.eval.evaluator_params))
 
 
+def _init_worker() -> None:
+    """A worker ignores SIGINT: Ctrl-C in a terminal reaches the whole process group, and the parent passes
+    the stop on (as SIGTERM) itself, so that each worker sees one signal, not two (the second would make
+    it exit without its checkpoint). Its SIGTERM handler lasts as long as the process, so that the runs
+    queued to it after a stop do not start."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stopping.install_for_process((signal.SIGTERM,))
+
+
 def _worker(job: RunJob, threads: int) -> float:
+    stopping.raise_if_requested()  # a run queued to this worker before the stop reached it
     return train_job(job, threads, log=lambda msg: print(f"[{job.name}] {msg}", file=sys.stderr, flush=True),
                      progress_bar=False)
 
 
-@contextmanager
-def _forward_sigterm(pool) -> Iterator[None]:
-    """While the pool runs, a SIGTERM to this process is passed on to the workers, whose runs then
-    checkpoint and stop as a single run does (Ctrl-C in a terminal reaches them directly, through the
-    process group). Only in the main thread, where signal handlers can be installed."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+def _pool_pids(pool) -> list[int]:
+    return [p.pid for p in list((getattr(pool, "_processes", None) or {}).values())]
 
-    def forward(signum, frame):
-        for proc in list((getattr(pool, "_processes", None) or {}).values()):
-            try:
-                os.kill(proc.pid, signum)
-            except OSError:
-                pass
 
-    previous = signal.signal(signal.SIGTERM, forward)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+def _stop_pool(futures: dict, pending: set, log, prefix: str) -> None:
+    """After a stop signal (already passed on to the workers): cancel the runs not started, wait for the
+    running ones to checkpoint and exit, then raise :class:`~grpo_guard.stopping.StopRequested`."""
+    for f in pending:
+        f.cancel()
+    running = [f for f in pending if not f.cancelled()]
+    log(f"{prefix} stopping: {len(running)} run(s) in flight checkpoint and stop")
+    wait(running)
+    signum = stopping.stop_signal() or signal.SIGTERM
+    raise stopping.StopRequested(signum, f"training {len(futures)} runs (the runs in flight checkpointed)")
 
 
 def run_jobs(jobs: Sequence[RunJob], *, workers: int = 1, log: Callable[[str], None] = print,
@@ -135,7 +137,9 @@ def run_jobs(jobs: Sequence[RunJob], *, workers: int = 1, log: Callable[[str], N
     """Train every job not finished yet; returns ``{run_dir: seconds}`` (None for runs already done).
     ``workers`` 1 trains in this process; more start that many spawned worker processes, each with
     ``cores // workers`` torch threads, and log a progress line every ``progress_every`` seconds. The
-    first failing run's exception is raised once the runs in flight have stopped."""
+    first failing run's exception is raised once the runs in flight have stopped. A stop signal
+(:mod:`grpo_guard.stopping`) is passed on to the workers; the runs not started are cancelled, the
+running ones checkpoint and stop, and then :class:`~grpo_guard.stopping.StopRequested` is raised."""
 
     seconds: dict[Path, float | None] = {}
     todo, configs = [], {}
@@ -151,7 +155,8 @@ def run_jobs(jobs: Sequence[RunJob], *, workers: int = 1, log: Callable[[str], N
     if workers == 1:
         for job, _ in todo:
             log(f"{prefix} training {job.name} -> {job.run_dir}")
-            seconds[job.run_dir] = train_job(job, None, log)
+            with stopping.phase(f"training {job.name}"):
+                seconds[job.run_dir] = train_job(job, None, log)
             log(f"{prefix} {job.name} done in {seconds[job.run_dir]:.0f} s")
         return seconds
 
@@ -160,15 +165,19 @@ def run_jobs(jobs: Sequence[RunJob], *, workers: int = 1, log: Callable[[str], N
     for job, _ in todo:  # each distinct world is built once here, not by two workers at the same time
         worlds.setdefault(_world_key(configs[job.run_dir]), job)
     for job in worlds.values():
-        build_world_cache(configs[job.run_dir], job.name, log=lambda msg: log(f"{prefix} {msg}"))
+        with stopping.phase("building the base model and the reward models"):
+            build_world_cache(configs[job.run_dir], job.name, log=lambda msg: log(f"{prefix} {msg}"))
     threads = max(1, (os.cpu_count() or 1) // workers)
     log(f"{prefix} training {len(todo)} runs, {workers} at a time ({threads} torch thread(s) each)")
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool, \
-            _forward_sigterm(pool):
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker) as pool, \
+            stopping.register_children(lambda: _pool_pids(pool)), stopping.deferred():
         futures = {pool.submit(_worker, job, threads): (job, epochs) for job, epochs in todo}
         pending = set(futures)
+        last_progress = time.monotonic()
         while pending:
-            done, pending = wait(pending, timeout=progress_every, return_when=FIRST_EXCEPTION)
+            done, pending = wait(pending, timeout=0.5, return_when=FIRST_EXCEPTION)  # a stop is polled twice a second
+            if stopping.requested():
+                _stop_pool(futures, pending, log, prefix)
             for f in done:
                 job, _ = futures[f]
                 if f.exception() is not None:
@@ -177,7 +186,8 @@ def run_jobs(jobs: Sequence[RunJob], *, workers: int = 1, log: Callable[[str], N
                     raise f.exception()
                 seconds[job.run_dir] = f.result()
                 log(f"{prefix} {job.name} done in {seconds[job.run_dir]:.0f} s")
-            if pending:
+            if pending and time.monotonic() - last_progress >= progress_every:
+                last_progress = time.monotonic()
                 left = sorted((futures[f] for f in pending), key=lambda je: str(je[0].run_dir))
                 log(f"{prefix} progress (epochs): " + ", ".join(
                     f"{j.name} {_epochs_done(j.run_dir)}/{e}" if (j.run_dir / "metrics.jsonl").is_file()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -160,10 +161,18 @@ def calibrate_clip(arm: str, overrides: list[str], out: Path, epochs: int, log=p
     """Run ``arm``'s :func:`calibration_job` (when not finished already) and return :func:`clip_from_rows`
     of its metrics."""
     run_jobs([calibration_job(arm, overrides, out, epochs)], log=log, prefix="[study]")
-    return _read_clip(arm, out, log)
+    return _read_clip(arm, overrides, out, epochs, log)
 
 
-def _read_clip(arm: str, out: Path, log) -> float | None:
+def _read_clip(arm: str, overrides: list[str], out: Path, epochs: int, log) -> float | None:
+    """The calibrated clip of a finished calibration run. A calibration whose metrics do not hold all its
+    epochs (a truncated or partial file: the run cannot redo the epochs its checkpoint covers) is not
+    trusted: it is removed and run again, with a one-line notice."""
+    done = {r.get("epoch") for r in _rows(out) if isinstance(r.get("epoch"), int)}
+    if len(done) < epochs:
+        log(f"[study] {arm}: calibration {out} is incomplete ({len(done)} of {epochs} epochs logged): running it again")
+        shutil.rmtree(out, ignore_errors=True)
+        run_jobs([calibration_job(arm, overrides, out, epochs)], log=log, prefix="[study]")
     eps = clip_from_rows(_rows(out))
     log(f"[study] {arm}: calibrated clip range {eps if eps is None else f'{eps:.3g}'} ({out})")
     return eps
@@ -186,7 +195,8 @@ def run_study(plan: StudyPlan, out: Path, *, extra: list[str] | None = None, wor
         overrides = [*plan.world, *cond.overrides, *extra]
         run_jobs([calibration_job(arm, overrides, cdir / f"calibrate_{arm}", plan.calibrate_epochs)
                   for arm in plan.arms], workers=workers, log=log, prefix=f"[study] {cond.name}")
-        clips = {arm: _read_clip(arm, cdir / f"calibrate_{arm}", log) for arm in plan.arms}
+        clips = {arm: _read_clip(arm, overrides, cdir / f"calibrate_{arm}", plan.calibrate_epochs, log)
+                 for arm in plan.arms}
         jobs, labels = [], {}
         for arm in plan.arms:
             clip = [f"loss.clip_range={clips[arm]:.6g}"] if clips[arm] else []

@@ -200,11 +200,14 @@ class ToyBackboneConfig:
                                steps=self.pretrain_steps, seed=self.seed, **dict(self.generator))
 
 
-def build_toy_backbone(config: ToyBackboneConfig = ToyBackboneConfig()) -> ToyBackbone:
-    """Pretrain (or load from ``config.cache_dir``) and wrap as a :class:`ToyBackbone`."""
+def build_toy_backbone(config: ToyBackboneConfig = ToyBackboneConfig(), verbose: bool = False) -> ToyBackbone:
+    """Pretrain (or load from ``config.cache_dir``) and wrap as a :class:`ToyBackbone`; ``verbose`` prints a
+    progress line about every 10 s of pretraining."""
     if not isinstance(config, ToyBackboneConfig):
         raise ValueError(f"config: expected a ToyBackboneConfig, got {type(config).__name__}")
-    state, _ = pretrain(config.generator_config(), Path(config.cache_dir) if config.cache_dir else None)
+    log = (lambda msg: print(f"toy backbone: pretraining {msg}", flush=True)) if verbose else None
+    state, _ = pretrain(config.generator_config(), Path(config.cache_dir) if config.cache_dir else None, log=log,
+                        log_every=10.0)
     return ToyBackbone(state, lora_rank=config.lora_rank, lora_alpha=config.lora_alpha)
 
 
@@ -224,4 +227,4 @@ def make_toy_backbone(params: dict, ctx) -> ToyBackbone:
     if getattr(ctx, "verbose", False):
         print(f"toy backbone: {params.get('net', 'mlp')} at {params.get('resolution', 8)} px "
               f"(pretrained weights cached in {params['cache_dir']})", flush=True)
-    return build_toy_backbone(ToyBackboneConfig(generator=gen, **params))
+    return build_toy_backbone(ToyBackboneConfig(generator=gen, **params), verbose=getattr(ctx, "verbose", False))

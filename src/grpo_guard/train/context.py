@@ -29,7 +29,6 @@ from .checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, sa
 from .ema import EMA
 from .errors import OutputWriteError
 from .evaluate import evaluate_policy, run_golds
-from .faults import StopRequest
 from .monitor import OveroptimizationMonitor
 from .runlog import MetricsLog, atomic_write_text, to_jsonable
 from .schedule import StepSchedule
@@ -70,7 +69,6 @@ class RunContext:
     out: Path
     accelerator: object
     log: Callable[[str], None]
-    stop: StopRequest
     backbone: torch.nn.Module
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -87,6 +85,7 @@ class RunContext:
     trackers: Trackers = field(default_factory=lambda: Trackers([]))  # TensorBoard / W&B, besides metrics.jsonl
     preflight_pending: bool = True  # the on-policy check runs on the first finite update of the process
     last_grid: int = 0  # epochs done when the last image grid was saved
+    checkpointed_epoch: int = -1  # the epoch count of the newest checkpoint this process wrote or resumed from
 
     @property
     def device(self) -> torch.device:
@@ -128,7 +127,7 @@ class RunContext:
                 reshard(self.backbone)
 
 
-def build_context(cfg: RunConfig, out: Path, accelerator, log, stop: StopRequest, resume: bool) -> RunContext:
+def build_context(cfg: RunConfig, out: Path, accelerator, log, resume: bool) -> RunContext:
     """Build every component of a run from ``cfg`` (seeded by ``cfg.seed``) and, with ``resume``, restore
     the latest valid checkpoint in ``out``."""
     device, world, is_main = accelerator.device, accelerator.num_processes, accelerator.is_main_process
@@ -164,7 +163,7 @@ def build_context(cfg: RunConfig, out: Path, accelerator, log, stop: StopRequest
     golds = run_golds(cfg, backbone, rewards, evaluator)
     if is_main:  # how the golds are read, for the summary, study.md and the report (grpo_guard/golds.py)
         atomic_write_text(out / GOLDS_FILE, json.dumps(golds.to_dict(), indent=1))
-    ctx = RunContext(cfg, out, accelerator, log, stop, backbone, model, optimizer, ema, sharded, rewards,
+    ctx = RunContext(cfg, out, accelerator, log, backbone, model, optimizer, ema, sharded, rewards,
                      evaluator, prompts, golds, schedule, MetricsLog(out / "metrics.jsonl"),
                      OveroptimizationMonitor(cfg.monitor))
     if resume:
@@ -188,6 +187,7 @@ def _restore(ctx: RunContext) -> None:
     if ctx.ema is not None and loaded["ema"] is not None:
         ctx.ema.load_state_dict(loaded["ema"])
     ctx.state = RunState(**loaded["state"])
+    ctx.checkpointed_epoch = ctx.state.epoch
     if ctx.ema is not None:
         ctx.ema.steps = ctx.state.ema_steps
     ctx.monitor.load_state_dict(ctx.state.monitor)
@@ -213,6 +213,7 @@ def save_checkpoint_of(ctx: RunContext, epoch: int) -> None:
         except OSError as e:
             raise OutputWriteError(f"could not write the checkpoint of epoch {epoch} in {ctx.out / 'checkpoints'} "
                                    f"({e.strerror or e}); {intact_note(ctx.out)}") from None
+    ctx.checkpointed_epoch = epoch
     ctx.accelerator.wait_for_everyone()
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .. import stopping
 from ..backbones.base import Conditioning
 from ..core import GroupAdvantages, group_advantages, per_step_ratio_stats, spread
 from ..core._checks import all_finite
@@ -368,9 +369,7 @@ def finish_epoch(ctx: RunContext, epoch: int, row: dict, epoch_seconds: float) -
     if due or epoch + 1 == cfg.train.epochs or hacking_stop or interrupted:
         save_checkpoint_of(ctx, epoch + 1)
     if interrupted:
-        name = signal.Signals(ctx.stop.signum).name if ctx.stop.signum else "a signal"
-        raise TrainingInterrupted(f"interrupted by {name}: checkpoint of epoch {epoch + 1} written; "
-                                  f"resume with --resume {ctx.out}", ctx.stop.signum or signal.SIGINT)
+        raise _interrupted(ctx, f"during epoch {epoch}: checkpoint of epoch {epoch + 1} written")
     if hacking_stop and ctx.is_main:
         ctx.log(f"over-optimization detected at epoch {event.hacking_epoch}: stopping (monitor.stop_on_hacking)")
     return bool(hacking_stop)
@@ -378,10 +377,25 @@ def finish_epoch(ctx: RunContext, epoch: int, row: dict, epoch_seconds: float) -
 
 def _stop_agreed(ctx: RunContext) -> bool:
     """True on every process when any process received SIGINT/SIGTERM (so all checkpoint together)."""
-    stop = ctx.stop
-    flag = torch.tensor([1.0 if stop.requested else 0.0], device=ctx.device)
+    flag = torch.tensor([1.0 if stopping.requested() else 0.0], device=ctx.device)
     if ctx.world > 1:
         flag = ctx.accelerator.reduce(flag, reduction="sum")
-        if float(flag) > 0 and not stop.requested:
-            stop.requested, stop.signum = True, signal.SIGTERM
+        if float(flag) > 0:
+            stopping.request(signal.SIGTERM)
     return float(flag) > 0
+
+
+def _interrupted(ctx: RunContext, what: str) -> TrainingInterrupted:
+    signum = stopping.stop_signal() or signal.SIGINT
+    return TrainingInterrupted(f"interrupted by {signal.Signals(signum).name} {what}; resume with --resume {ctx.out}",
+                               signum)
+
+
+def stop_before_updates(ctx: RunContext, epoch: int, phase: str) -> None:
+    """After the rollout or the rewards of ``epoch`` (before any update): on a stop signal, drop the epoch,
+    checkpoint the state at its start (nothing of it was applied) and raise :class:`TrainingInterrupted`."""
+    if not _stop_agreed(ctx):
+        return
+    if ctx.checkpointed_epoch != epoch:
+        save_checkpoint_of(ctx, epoch)
+    raise _interrupted(ctx, f"during the {phase} of epoch {epoch} (dropped): checkpoint of epoch {epoch} written")

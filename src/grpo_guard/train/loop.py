@@ -14,7 +14,8 @@ then, per epoch, top to bottom (the parts are in :mod:`.epoch`):
    normalised to the base model), the over-optimization monitor, metrics.jsonl, image grids,
    checkpoints.
 
-:mod:`.minimal` is the same algorithm in one short function, without the run's bookkeeping.
+A stop signal is handled by :mod:`grpo_guard.stopping` (see :func:`run_epochs`). :mod:`.minimal` is the
+same algorithm in one short function, without the run's bookkeeping.
 """
 
 from __future__ import annotations
@@ -29,13 +30,13 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from tqdm.auto import tqdm
 
+from .. import stopping
 from ..config import RunConfig, dump_config
 from ..seeding import deterministic_algorithms, reproducibility_record
 from .context import RunContext, build_context
 from .epoch import (batch_advantages, draw_batch, evaluate_base, evaluate_epoch, finish_epoch, rollout_batch,
-                    score_batch, skip_bad_batch, update_batch, update_row)
+                    score_batch, skip_bad_batch, stop_before_updates, update_batch, update_row)
 from .errors import OutputWriteError, PreflightError, RunDirError, TrainingInterrupted, TrainingStopped
-from .faults import StopRequest
 from .runlog import RunLock, atomic_write_text
 from .summary import format_summary, write_summary
 from .trackers import require_trackers, start_trackers
@@ -61,14 +62,15 @@ def train(cfg: RunConfig, output_dir: str | Path, *, resume: bool = False, log=p
     if is_main:
         lock.acquire()
     try:
-        with StopRequest() as stop, deterministic_algorithms(cfg.train.deterministic):
+        with stopping.installed(), deterministic_algorithms(cfg.train.deterministic):
             _check_batch_split(cfg, accelerator.num_processes)
             if is_main:
                 atomic_write_text(out / "config.yaml", dump_config(cfg))
                 (out / "images").mkdir(exist_ok=True)
                 _record_environment(out, resume, log)
             require_trackers(cfg)  # a tracker that is not installed stops the run before any model is built
-            ctx = build_context(cfg, out, accelerator, log, stop, resume)
+            with stopping.phase("loading or building the run's models"):
+                ctx = build_context(cfg, out, accelerator, log, resume)
             ctx.trackers = start_trackers(cfg, out, ctx.state.epoch, is_main)
             try:
                 run_epochs(ctx)
@@ -91,35 +93,45 @@ def train(cfg: RunConfig, output_dir: str | Path, *, resume: bool = False, log=p
 
 def run_epochs(ctx: RunContext) -> None:
     """The recipe: evaluate the base model once, then train epoch after epoch until ``train.epochs`` (or
-    the monitor stops the run)."""
+    the monitor stops the run).
+
+    A stop signal (:mod:`grpo_guard.stopping`) during the base model's evaluation stops at once (the next
+    run redoes it). During an epoch it is acted on at the epoch's phase boundaries: after the rollout or
+    the rewards, before any update, the epoch is dropped and the state at its start is checkpointed; once
+    the updates have begun, the epoch is finished (updates, evaluation) and checkpointed. Either way
+    ``--resume`` continues exactly."""
     cfg, st = ctx.cfg, ctx.state
     if cfg.eval.every and st.base_gold is None:
-        evaluate_base(ctx)
+        with stopping.phase("evaluating the base model"):
+            evaluate_base(ctx)
     bar = tqdm(range(st.epoch, cfg.train.epochs), initial=st.epoch, total=cfg.train.epochs, desc="epochs",
                disable=not (ctx.is_main and cfg.log.progress), dynamic_ncols=True)
-    for epoch in bar:
-        t_epoch = time.perf_counter()
-        batch = draw_batch(ctx, epoch)                                  # 1. prompts and ownership
-        t0 = time.perf_counter()
-        traj = rollout_batch(ctx, batch)                                # 2. rollout
-        row: dict = {"epoch": epoch}
-        t1 = time.perf_counter()
-        values, problem = score_batch(ctx, batch, traj)                 # 3. rewards
-        t2 = time.perf_counter()
-        if problem:
-            row.update(skip_bad_batch(ctx, epoch, problem))
-        else:
-            proxy, adv, adv_local = batch_advantages(ctx, batch, values)  # 4. advantages
-            t3 = time.perf_counter()
-            result, step_norms = update_batch(ctx, batch, traj, adv_local)  # 5. updates
-            t4 = time.perf_counter()
-            row.update(update_row(ctx, proxy, adv, values, result, step_norms))  # 6. diagnostics
-            row.update(rollout_seconds=t1 - t0, reward_seconds=t2 - t1, update_seconds=t4 - t3)
-        row.update(evaluate_epoch(ctx, epoch))                          # evaluation, image grids
-        stop = finish_epoch(ctx, epoch, row, time.perf_counter() - t_epoch)  # monitor, metrics, checkpoints
-        bar.set_postfix_str(_postfix(row))
-        if stop:
-            break
+    with stopping.deferred():
+        for epoch in bar:
+            t_epoch = time.perf_counter()
+            batch = draw_batch(ctx, epoch)                                  # 1. prompts and ownership
+            t0 = time.perf_counter()
+            traj = rollout_batch(ctx, batch)                                # 2. rollout
+            stop_before_updates(ctx, epoch, "rollout")
+            row: dict = {"epoch": epoch}
+            t1 = time.perf_counter()
+            values, problem = score_batch(ctx, batch, traj)                 # 3. rewards
+            stop_before_updates(ctx, epoch, "rewards")
+            t2 = time.perf_counter()
+            if problem:
+                row.update(skip_bad_batch(ctx, epoch, problem))
+            else:
+                proxy, adv, adv_local = batch_advantages(ctx, batch, values)  # 4. advantages
+                t3 = time.perf_counter()
+                result, step_norms = update_batch(ctx, batch, traj, adv_local)  # 5. updates
+                t4 = time.perf_counter()
+                row.update(update_row(ctx, proxy, adv, values, result, step_norms))  # 6. diagnostics
+                row.update(rollout_seconds=t1 - t0, reward_seconds=t2 - t1, update_seconds=t4 - t3)
+            row.update(evaluate_epoch(ctx, epoch))                          # evaluation, image grids
+            stop = finish_epoch(ctx, epoch, row, time.perf_counter() - t_epoch)  # monitor, metrics, checkpoints
+            bar.set_postfix_str(_postfix(row))
+            if stop:
+                break
     bar.close()
     ctx.accelerator.wait_for_everyone()
 

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..cache_entry import atomic_write_text
 from .faults import fault_point
 
 __all__ = ["atomic_write_text", "to_jsonable", "MetricsLog", "image_grid", "save_image_grid", "RunLock", "RunDirError"]
@@ -19,16 +20,6 @@ __all__ = ["atomic_write_text", "to_jsonable", "MetricsLog", "image_grid", "save
 
 class RunDirError(RuntimeError):
     """The output directory cannot be used (holds another run, locked, unwritable)."""
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def to_jsonable(value: Any) -> Any:

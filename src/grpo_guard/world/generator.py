@@ -36,9 +36,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from .. import stopping
+from ..cache_entry import read_entry, write_entry
 from ..core.sde import sde_step
 from .data import make_splits, prompt_for_label
 from .gold import seeded_rng
@@ -190,27 +191,25 @@ def _stem(cache_dir: str | Path, config: GeneratorConfig) -> Path:
 
 
 def save_state(stem: str | Path, state: GeneratorState) -> None:
-    """Write ``<stem>.safetensors`` (keys ``text.*`` and ``net.*``) and ``<stem>.json`` (config + report)."""
-    stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {f"text.{k}": v.detach().cpu().contiguous() for k, v in state.text_encoder.state_dict().items()}
-    tensors.update({f"net.{k}": v.detach().cpu().contiguous() for k, v in state.net.state_dict().items()})
-    tmp = stem.with_name(stem.name + ".tmp")
-    save_file(tensors, str(tmp.with_suffix(".safetensors")))
-    tmp.with_suffix(".safetensors").replace(stem.with_suffix(".safetensors"))
+    """Write the cache entry ``stem`` (:mod:`grpo_guard.cache_entry`): ``<stem>.safetensors`` (keys ``text.*``
+    and ``net.*``) and ``<stem>.json`` (config, report and the manifest), each atomically."""
+    tensors = {f"text.{k}": v for k, v in state.text_encoder.state_dict().items()}
+    tensors.update({f"net.{k}": v for k, v in state.net.state_dict().items()})
     meta = {"format": FORMAT_VERSION, "config": asdict(state.config), "report": asdict(state.report)}
-    stem.with_suffix(".json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    write_entry(stem, tensors, meta)
 
 
-def load_state(stem: str | Path) -> GeneratorState:
-    """Rebuild a :class:`GeneratorState` written by :func:`save_state` (modules in eval mode)."""
-    stem = Path(stem)
-    meta = json.loads(stem.with_suffix(".json").read_text())
+def load_state(stem: str | Path, log: Callable[[str], None] = print) -> GeneratorState | None:
+    """Rebuild a :class:`GeneratorState` written by :func:`save_state` (modules in eval mode); None when there
+    is no entry, or when it is incomplete or corrupt (then it is removed, with a one-line notice)."""
+    entry = read_entry(stem, log)
+    if entry is None:
+        return None
+    tensors, meta = entry
     cfg = dict(meta["config"])
     cfg["conv_channels"] = tuple(cfg["conv_channels"])
     config = GeneratorConfig(**cfg)
     text, net = build_networks(config)
-    tensors = load_file(str(stem.with_suffix(".safetensors")))
     text.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("text.")}, strict=True)
     net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")}, strict=True)
     report = PretrainReport(**{**meta["report"], "from_cache": True})
@@ -232,13 +231,15 @@ def _training_prompts(labels: Tensor, config: GeneratorConfig, gen: torch.Genera
 
 
 def pretrain(config: GeneratorConfig, cache_dir: str | Path | None = None, *,
-             log: Callable[[str], None] | None = None) -> tuple[GeneratorState, PretrainReport]:
+             log: Callable[[str], None] | None = None, log_every: float = 0.0) -> tuple[GeneratorState, PretrainReport]:
     """Rectified-flow pretraining of (text encoder, velocity net) on the ``base`` split only.
 
     Loss ``|| net((1-t) x0 + t x1, t, text(c)) - (x1 - x0) ||^2`` with logit-normal t, prompt dropout
     to the empty prompt, AdamW with linear warm-up, grad-norm clip 1, EMA of the weights. Seeded and
-    deterministic on CPU (given the thread count). With ``cache_dir``, the result is stored as
-    safetensors + JSON under a config hash and reloaded when present.
+    deterministic on CPU (given the thread count). With ``cache_dir``, the result is stored as a cache
+    entry (safetensors + JSON manifest, :mod:`grpo_guard.cache_entry`) under a config hash and reloaded
+    when present and intact. ``log`` gets a progress line every 50 steps, at most one per ``log_every``
+    seconds (and the first and the last).
 
     Returns:
         (state, report): the EMA weights in eval mode, and the :class:`PretrainReport`.
@@ -246,9 +247,8 @@ def pretrain(config: GeneratorConfig, cache_dir: str | Path | None = None, *,
     if not isinstance(config, GeneratorConfig):
         raise ValueError(f"config: expected a GeneratorConfig, got {type(config).__name__}")
     if cache_dir is not None:
-        stem = _stem(cache_dir, config)
-        if stem.with_suffix(".safetensors").is_file() and stem.with_suffix(".json").is_file():
-            state = load_state(stem)
+        state = load_state(_stem(cache_dir, config))
+        if state is not None:
             return state, state.report
 
     splits = make_splits(config.resolution, seed=config.split_seed)
@@ -265,35 +265,38 @@ def pretrain(config: GeneratorConfig, cache_dir: str | Path | None = None, *,
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     gen = torch.Generator().manual_seed(config.seed)
     losses, block = [], []
-    t0 = time.perf_counter()
-    for step in range(config.steps):
-        for g in opt.param_groups:
-            g["lr"] = config.lr * min(1.0, (step + 1) / max(1, config.warmup))
-        idx = torch.randint(len(labels_all), (config.batch_size,), generator=gen)
-        x0, lab = x0_all[idx], labels_all[idx]
-        if config.data_noise > 0:
-            x0 = x0 + config.data_noise * torch.randn(x0.shape, generator=gen)
-        prompts = _training_prompts(lab, config, gen)
-        t = torch.sigmoid(config.logit_mean + config.logit_std * torch.randn(config.batch_size, generator=gen))
-        noise = torch.randn(x0.shape, generator=gen)
-        tb = t.view(-1, *([1] * (x0.ndim - 1)))
-        xt = (1 - tb) * x0 + tb * noise
-        embeds, pooled = text.encode(prompts)
-        v = net(xt, t, embeds, pooled)
-        loss = F.mse_loss(v, noise - x0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        decay = min(config.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1 - decay)
-        block.append(float(loss.detach()))
-        if len(block) == 50 or step == config.steps - 1:
-            losses.append(sum(block) / len(block))
-            block = []
-            if log is not None:
-                log(f"step {step + 1}/{config.steps} loss {losses[-1]:.4f} ({time.perf_counter() - t0:.1f} s)")
+    t0 = last_log = time.perf_counter()
+    with stopping.phase(f"pretraining the toy generator ({config.steps} steps; nothing is cached before the end)"):
+        for step in range(config.steps):
+            for g in opt.param_groups:
+                g["lr"] = config.lr * min(1.0, (step + 1) / max(1, config.warmup))
+            idx = torch.randint(len(labels_all), (config.batch_size,), generator=gen)
+            x0, lab = x0_all[idx], labels_all[idx]
+            if config.data_noise > 0:
+                x0 = x0 + config.data_noise * torch.randn(x0.shape, generator=gen)
+            prompts = _training_prompts(lab, config, gen)
+            t = torch.sigmoid(config.logit_mean + config.logit_std * torch.randn(config.batch_size, generator=gen))
+            noise = torch.randn(x0.shape, generator=gen)
+            tb = t.view(-1, *([1] * (x0.ndim - 1)))
+            xt = (1 - tb) * x0 + tb * noise
+            embeds, pooled = text.encode(prompts)
+            v = net(xt, t, embeds, pooled)
+            loss = F.mse_loss(v, noise - x0)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            decay = min(config.ema_decay, (1 + step) / (10 + step))
+            with torch.no_grad():
+                torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1 - decay)
+            block.append(float(loss.detach()))
+            if len(block) == 50 or step == config.steps - 1:
+                losses.append(sum(block) / len(block))
+                block = []
+                now = time.perf_counter()
+                if log is not None and (len(losses) == 1 or now - last_log >= log_every or step == config.steps - 1):
+                    last_log = now
+                    log(f"step {step + 1}/{config.steps} loss {losses[-1]:.4f} ({now - t0:.1f} s)")
     seconds = time.perf_counter() - t0
     # buffers (none expected) follow the live model
     for b_ema, b in zip(list(ema_text.buffers()) + list(ema_net.buffers()), list(text.buffers()) + list(net.buffers())):

@@ -34,8 +34,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import Tensor
+
+from .. import stopping
+from ..cache_entry import read_entry, write_entry
 
 from .data import NUM_CLASSES, SplitFractions, WorldSplits, check_images, check_labels, make_splits
 
@@ -187,24 +189,21 @@ def cache_stem(cache_dir: str | Path, kind: str, config) -> Path:
 
 
 def save_module(stem: str | Path, module: nn.Module, meta: dict) -> None:
-    """Write ``<stem>.safetensors`` (the state dict) and ``<stem>.json`` (``meta``, JSON-serialisable)."""
-    stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    save_file(state, str(stem.with_suffix(".safetensors")))
-    stem.with_suffix(".json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    """Write the cache entry ``stem`` (:mod:`grpo_guard.cache_entry`): ``<stem>.safetensors`` (the state dict)
+    and ``<stem>.json`` (``meta``, JSON-serialisable, plus the manifest), each atomically."""
+    write_entry(stem, dict(module.state_dict()), meta)
 
 
-def load_module(stem: str | Path, module: nn.Module) -> dict:
-    """Load ``<stem>.safetensors`` into ``module`` (strict) and return the ``<stem>.json`` metadata."""
-    stem = Path(stem)
-    module.load_state_dict(load_file(str(stem.with_suffix(".safetensors"))), strict=True)
+def load_module(stem: str | Path, module: nn.Module, log: Callable[[str], None] = print) -> dict | None:
+    """Load the entry ``stem`` into ``module`` (strict, eval mode) and return its metadata; None when there is
+    no entry, or when it is incomplete or corrupt (then it is removed, with a one-line notice)."""
+    entry = read_entry(stem, log)
+    if entry is None:
+        return None
+    tensors, meta = entry
+    module.load_state_dict(tensors, strict=True)
     module.eval()
-    return json.loads(stem.with_suffix(".json").read_text())
-
-
-def cached_module(stem: Path) -> bool:
-    return stem.with_suffix(".safetensors").is_file() and stem.with_suffix(".json").is_file()
+    return meta
 
 
 def train_or_load(kind: str, config, model: nn.Module, cache_dir: str | Path | None,
@@ -216,12 +215,15 @@ def train_or_load(kind: str, config, model: nn.Module, cache_dir: str | Path | N
     ``train_seconds``, ``final_loss`` and the measures). ``summary(meta)`` is the log line's tail."""
     label = kind.replace("-", " ")
     stem = cache_stem(cache_dir, kind, config) if cache_dir is not None else None
-    if stem is not None and cached_module(stem):
-        meta = load_module(stem, model)
+    meta = load_module(stem, model) if stem is not None else None
+    if meta is not None:
         if verbose:
             print(f"[{label}] loaded {stem.name} (trained in {meta['train_seconds']:.1f}s; {summary(meta)})")
         return meta
-    report, measures = train()
+    if verbose:
+        print(f"[{label}] training (nothing is cached before the end) ...", flush=True)
+    with stopping.phase(f"training the {label} model (nothing is cached before the end)"):
+        report, measures = train()
     meta = {"kind": kind, "config": asdict(config), "hash": config_hash(kind, config), "train_seconds": report.seconds,
             "final_loss": report.final_loss, **measures}
     if verbose:
