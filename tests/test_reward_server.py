@@ -13,6 +13,7 @@ import json
 import math
 import os
 import queue
+import signal
 import socket
 import subprocess
 import sys
@@ -636,3 +637,19 @@ def test_server_dying_mid_run_stops_training_cleanly(tmp_path, fake):
     assert [r.get("skipped", False) for r in rs] == [False, True]
     assert math.isfinite(rs[0]["reward/remote_mean"])
     assert [p.name for p in list_checkpoints(tmp_path / "run")][-1] == "epoch_000002"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_the_cli_server_stops_cleanly_on_ctrl_c_and_sigterm(tmp_path, sig):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen([sys.executable, "-m", "grpo_guard", "serve-reward", "ink", "--port", "0", "--set",
+                             "resolution=8", "--cache-dir", str(tmp_path / "cache")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout.readline().startswith("serving reward ink on ")
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and "reward server stopped" in err and "Traceback" not in err

@@ -246,12 +246,12 @@ def summarize_condition(plan: StudyPlan, cond: Condition, cdir: Path, clips: dic
         entry["wall_seconds"] = seed_stats([r.last("wall_seconds") for r in rs])
         entry["grad_norm_spread"] = seed_stats([r.mean_grad_norm_spread() for r in rs])
         entry["clip_high_pos"] = seed_stats([r.mean_clip_high_pos() for r in rs])
-        entry["clip_low_neg"] = seed_stats([_mean_step_stat(r, "clip_low_neg") for r in rs])
+        entry["clip_low_neg"] = seed_stats([r.mean_step_stat("clip_low_neg") for r in rs])
         prof = [r.step_profile("raw_ratio_mean")[1] for r in rs]
         entry["raw_ratio_mean_minus_1_per_step"] = (np.nanmean(np.stack(prof), axis=0) - 1).tolist() if prof else []
         entry["frac_steps_raw_ratio_below_1"] = seed_stats([float(np.mean(p[np.isfinite(p)] < 1)) for p in prof
                                                             if np.isfinite(p).any()])
-        entry["bias_over_spread_last_step"] = seed_stats([_last_step(r, "bias_over_spread") for r in rs])
+        entry["bias_over_spread_last_step"] = seed_stats([r.last_step_stat("bias_over_spread") for r in rs])
         entry_golds = {}
         for metric, key in golds:
             values = [eval_points(r, key)[1] for r in rs]
@@ -265,19 +265,6 @@ def summarize_condition(plan: StudyPlan, cond: Condition, cdir: Path, clips: dic
         arms_out[arm] = entry
     return {"condition": cond.name, "note": cond.note, "baseline": plan.baseline, "seeds": plan.seeds,
             "arms": arms_out}
-
-
-def _mean_step_stat(run, stat: str) -> float:
-    _, _, m = run.step_matrix(stat)
-    if m.size == 0 or not np.isfinite(m).any():
-        return float("nan")
-    return float(np.nanmean(m))
-
-
-def _last_step(run, stat: str) -> float:
-    _, prof = run.step_profile(stat)
-    f = prof[np.isfinite(prof)]
-    return float(f[-1]) if f.size else float("nan")
 
 
 def _f(s: dict, spec: str = ".3f") -> str:

@@ -181,21 +181,11 @@ def summarize_method(method: Method, primary: tuple[GoldMetric, str] | None = No
         gold_best=[gold(r, "best") for r in runs], hacking_epochs=[r.hacking_epoch() for r in runs],
         ratio_offset_last_step=[r.last_step_raw_ratio_offset() for r in runs],
         clip_high_pos=[r.mean_clip_high_pos() for r in runs],
-        clip_low_neg=[_nanmean_all(r.step_matrix("clip_low_neg")[2]) for r in runs],
-        bias_over_spread=[_last_finite(r.step_profile("bias_over_spread")[1]) for r in runs],
+        clip_low_neg=[r.mean_step_stat("clip_low_neg") for r in runs],
+        bias_over_spread=[r.last_step_stat("bias_over_spread") for r in runs],
         grad_norm_spread=[r.mean_grad_norm_spread() for r in runs],
         wall_seconds=[r.last("wall_seconds") for r in runs],
     )
-
-
-def _last_finite(values: np.ndarray) -> float:
-    f = values[np.isfinite(values)]
-    return float(f[-1]) if f.size else float("nan")
-
-
-def _nanmean_all(m: np.ndarray) -> float:
-    f = m[np.isfinite(m)]
-    return float(f.mean()) if f.size else float("nan")
 
 
 def _hacking_cell(run_values: list[int | None], runs: list[Run]) -> str:

@@ -201,16 +201,24 @@ class Run:
         _, g = self.finite_series("gold_normalized_avg")
         return float(g.max()) if g.size else float("nan")
 
+    def mean_step_stat(self, stat: str) -> float:
+        """A per-step statistic averaged over trained steps and off-policy epochs (NaN when never logged)."""
+        _, _, m = self.step_matrix(stat)
+        return _nanmean_all(m)
+
+    def last_step_stat(self, stat: str) -> float:
+        """A per-step statistic at the last trained step with a value, averaged over off-policy epochs."""
+        _, prof = self.step_profile(stat)
+        finite = prof[np.isfinite(prof)]
+        return float(finite[-1]) if finite.size else float("nan")
+
     def mean_clip_high_pos(self) -> float:
         """P(r > 1 + eps | A > 0), averaged over trained steps and off-policy epochs."""
-        _, _, m = self.step_matrix("clip_high_pos")
-        return _nanmean_all(m)
+        return self.mean_step_stat("clip_high_pos")
 
     def last_step_raw_ratio_offset(self) -> float:
         """Mean raw ratio - 1 at the last trained step, averaged over off-policy epochs."""
-        _, prof = self.step_profile("raw_ratio_mean")
-        finite = prof[np.isfinite(prof)]
-        return float(finite[-1] - 1.0) if finite.size else float("nan")
+        return self.last_step_stat("raw_ratio_mean") - 1.0
 
     def mean_grad_norm_spread(self) -> float:
         """The per-epoch gradient-norm spread (max/min over steps), averaged over epochs."""

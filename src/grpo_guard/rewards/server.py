@@ -424,9 +424,9 @@ def _cmd_serve_reward(args) -> int:
     def ready(host: str, port: int) -> None:
         print(f"serving reward {args.name} on {_url(host, port)}", flush=True)
 
-    previous = None
-    if threading.current_thread() is threading.main_thread():  # SIGTERM stops it like Ctrl-C
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous = {}
+    if threading.current_thread() is threading.main_thread():  # SIGTERM and Ctrl-C stop it cleanly
+        previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         serve_reward(args.name, params, host=args.host, port=args.port, token=token,
                      max_request_bytes=max(1, int(args.max_request_mb * 2 ** 20)), max_batch=args.max_batch,
@@ -439,8 +439,8 @@ def _cmd_serve_reward(args) -> int:
     except KeyboardInterrupt:
         print("reward server stopped", file=sys.stderr, flush=True)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0
 
 
