@@ -1,5 +1,9 @@
 """A shortened demo end to end: both methods trained on the toy world and the report with every figure."""
 
+import html as html_module
+import json
+
+import numpy as np
 import pytest
 
 from grpo_guard.cli import main
@@ -13,7 +17,24 @@ def test_quick_demo_writes_report_and_every_figure(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out), "--set", f"cache_dir={tmp_path / 'cache'}",
                  "--set", "log.progress=false"]) == 0
-    assert "report.html" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "report.html" in printed
+    # both worlds' one-screen summaries: printed, in summary.txt and at the top of both reports
+    summary = (out / "summary.txt").read_text().strip()
+    assert summary in printed and summary.startswith("digits world") and "\nspectral world" in summary
+    assert summary.count("=> GRPO-Guard") == 2
+    for world, runs in (("digits", out / "runs"), ("spectral", out / "spectral" / "runs")):
+        for method, label in (("flow_grpo", "Flow-GRPO"), ("grpo_guard", "GRPO-Guard")):
+            starts, finals = [], []
+            for seed in (0, 1):
+                run = runs / f"{method}_s{seed}"
+                starts.append(json.loads((run / "base_eval.json").read_text())["eval/proxy_reward_mean"])
+                rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+                finals.append([r for r in rows if "eval/proxy_reward_mean" in r][-1]["eval/proxy_reward_mean"])
+            line = next(x for x in summary.split(f"{world} world")[1].splitlines() if x.strip().startswith(label))
+            assert f"eval proxy {np.mean(starts):.3g} ± {np.std(starts):.3g} -> {np.mean(finals):.3g}" in line, line
+    assert (out / "spectral" / "report.html").is_file()
+    assert html_module.escape(summary.splitlines()[0]) in (out / "spectral" / "report.html").read_text()
     html = (out / "report.html").read_text()
     assert "Flow-GRPO" in html and "GRPO-Guard" in html
     for name in FIGURES:

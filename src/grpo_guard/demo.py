@@ -1,7 +1,15 @@
-"""The demo: Flow-GRPO and GRPO-Guard on the toy world with the same proxy and seeds, then a report.
+"""The demo: Flow-GRPO and GRPO-Guard in two worlds with the same proxy and seeds, then reports and a
+one-screen summary per world.
 
-``grpo-guard demo`` (the README's main job) makes or loads the base model, trains each method for
-each seed into ``OUT/runs/<method>_s<seed>``, and writes ``OUT/report.html`` with its figures.
+``grpo-guard demo`` (the README's main job):
+
+1. the digits world: makes or loads the base model, trains each method for each seed into
+   ``OUT/runs/<method>_s<seed>``;
+2. the multi-route spectral world (where the docs find GRPO-Guard's gain on the true attribute): each
+   method's clip range calibrated on its own ratio as in ``grpo-guard study``, then each method for each
+   seed into ``OUT/spectral/runs/<method>_s<seed>`` (tens of seconds);
+3. prints each world's summary (:mod:`grpo_guard.report.world_summary`), writes it to
+   ``OUT/summary.txt`` and at the top of ``OUT/report.html`` (digits) and ``OUT/spectral/report.html``.
 """
 
 from __future__ import annotations
@@ -11,7 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .parallel import RunJob, default_workers, run_jobs
-from .report import build_report
+from .report import build_report, load_runs
+from .report.world_summary import format_world_summary, summarise_world
+from .study import ARMS, PRESETS, SPECTRAL_WORLD, calibration_job, read_clip
 
 __all__ = ["DemoSettings", "run_demo"]
 
@@ -52,13 +62,49 @@ def _run_overrides(settings: DemoSettings, seed: int) -> list[str]:
     return [*world, f"seed={seed}", *([f"train.epochs={epochs}"] if epochs else []), *settings.overrides]
 
 
+#: the spectral world of the demo: the study's (D = 4096, two-route proxy), and the tests' tiny one for --quick
+SPECTRAL_DEMO_WORLD = SPECTRAL_WORLD
+SPECTRAL_QUICK_WORLD = PRESETS["tiny"].world
+CALIBRATION_EPOCHS = 4
+
+
+def _spectral_jobs(settings: DemoSettings, out: Path, log) -> list[RunJob]:
+    """The spectral comparison's runs, each method's clip calibrated first (skipped when done already)."""
+    world = [*(SPECTRAL_QUICK_WORLD if settings.quick else SPECTRAL_DEMO_WORLD), *settings.overrides]
+    epochs = 2 if settings.quick else CALIBRATION_EPOCHS
+    workers = settings.workers or default_workers(len(settings.methods))
+    run_jobs([calibration_job(m, world, out / f"calibrate_{m}", epochs) for m in settings.methods], workers=workers,
+             log=log, prefix="[demo spectral]")
+    jobs = []
+    for m in settings.methods:
+        clip = read_clip(m, world, out / f"calibrate_{m}", epochs, log=log)
+        over = [*world, *([f"loss.clip_range={clip:.6g}"] if clip else [])]
+        jobs += [RunJob(m, (*over, f"seed={seed}"), out / "runs" / f"{m}_s{seed}", label=f"{m} seed {seed}")
+                 for seed in settings.seeds]
+    return jobs
+
+
 def run_demo(settings: DemoSettings, log=print) -> Path:
-    """Train every (method, seed) and build the report; returns the path of report.html."""
+    """Train every (world, method, seed), build the reports and print the summaries; returns the path of the
+    digits world's report.html."""
     out = Path(settings.out)
     jobs = [RunJob(m, tuple(_run_overrides(settings, seed)), out / "runs" / f"{m}_s{seed}", quiet=False)
             for m in settings.methods for seed in settings.seeds]
     t_all = time.perf_counter()
     run_jobs(jobs, workers=settings.workers or default_workers(len(jobs)), log=log, prefix="[demo]")
-    report = build_report([job.run_dir for job in jobs], out)
+    spectral_out = out / "spectral"
+    spectral = _spectral_jobs(settings, spectral_out, log)
+    run_jobs(spectral, workers=settings.workers or default_workers(len(spectral)), log=log, prefix="[demo spectral]")
+    labels = {str(j.run_dir): ARMS.get(j.config, j.config) for j in spectral}
+    worlds = [("digits world (classifier proxy)", [j.run_dir for j in jobs], None),
+              ("spectral world (two-route proxy)", [j.run_dir for j in spectral], labels)]
+    summary = "\n\n".join("\n".join(format_world_summary(summarise_world(load_runs(runs, labels=lab)), name))
+                           for name, runs, lab in worlds)
+    (out / "summary.txt").write_text(summary + "\n")
+    build_report([j.run_dir for j in spectral], spectral_out, labels=labels, preface=summary,
+                 title="GRPO-Guard demo: the spectral world (two-route proxy)")
+    report = build_report([job.run_dir for job in jobs], out, preface=summary + "\n\n(the spectral world's report: "
+                          "spectral/report.html)", title="GRPO-Guard demo: the digits world (classifier proxy)")
     log(f"[demo] all done in {time.perf_counter() - t_all:.0f} s")
+    print(summary, flush=True)
     return report

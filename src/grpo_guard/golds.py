@@ -7,11 +7,13 @@ few optional attributes, so that a new world or reward is one declaration and th
 and the run summary need no edit:
 
 * an **evaluator** has ``higher_is_better`` (metric -> bool, required) and may have ``primary`` (the
-  headline metric; ``"average"`` for the normalised average ``gold_normalized_avg``), ``average`` (the
+  headline metric; ``"average"`` for the normalised average ``gold_normalized_avg``), ``true_attribute``
+  (the metric that is the world's true attribute), ``average`` (the
   metrics averaged), ``raw_metrics`` (metrics whose ratio to the base model is meaningless, e.g. a base
   value at or near zero, or a drift that can be negative: they are read raw, next to the base's value)
   and ``labels`` (metric -> display name);
 * a **gold reward** may have ``higher_is_better`` (bool, default True), ``normalise`` (default True),
+  ``true_attribute`` (default False),
   ``same_as`` (the evaluator metric it duplicates: the reward is then not declared a second time) and
   ``label``;
 * a **backbone** may have ``samples_are_images`` (default True; the spectral world's samples are mode
@@ -46,7 +48,8 @@ class GoldMetric:
     :data:`AVERAGE_KEY`); ``norm_key``: the key of its base-relative value (``gold_norm/<name>``), or None
     when it is read raw; ``higher_is_better``: the direction of the raw value (normalised values are
     always higher-is-better); ``primary``: the headline gold; ``in_average``: part of the normalised
-    average."""
+    average; ``true_attribute``: the world's true attribute (what the proxy is meant to measure; the
+    one-screen summaries show it beside the primary gold)."""
 
     key: str
     label: str
@@ -54,6 +57,7 @@ class GoldMetric:
     norm_key: str | None = None
     primary: bool = False
     in_average: bool = False
+    true_attribute: bool = False
 
     @property
     def normalised(self) -> bool:
@@ -99,7 +103,8 @@ class GoldDeclaration:
                                   higher_is_better=bool(m.get("higher_is_better", True)),
                                   norm_key=None if m.get("norm_key") is None else str(m["norm_key"]),
                                   primary=bool(m.get("primary", False)),
-                                  in_average=bool(m.get("in_average", False))) for m in d.get("metrics", [])]
+                                  in_average=bool(m.get("in_average", False)),
+                                  true_attribute=bool(m.get("true_attribute", False))) for m in d.get("metrics", [])]
         except (KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"malformed gold declaration ({type(e).__name__}: {e})") from None
         return cls(metrics=metrics, samples_are_images=bool(d.get("samples_are_images", True)))
@@ -129,10 +134,11 @@ def declare_golds(evaluator=None, gold_rewards: Mapping[str, object] | None = No
         average = tuple(getattr(evaluator, "average", tuple(higher)))
         has_average = any(k in higher and k not in raw for k in average)
         primary_name = getattr(evaluator, "primary", None)
+        attribute_name = getattr(evaluator, "true_attribute", None)
         for k, hib in higher.items():
             metrics.append(GoldMetric(key=f"gold/{k}", label=labels.get(k, _label(k)), higher_is_better=bool(hib),
                                       norm_key=None if k in raw else f"gold_norm/{k}", primary=k == primary_name,
-                                      in_average=k in average and k not in raw))
+                                      in_average=k in average and k not in raw, true_attribute=k == attribute_name))
             covered.add(k)
     reward_metrics = []
     for name, reward in (gold_rewards or {}).items():
@@ -142,7 +148,8 @@ def declare_golds(evaluator=None, gold_rewards: Mapping[str, object] | None = No
         reward_metrics.append(GoldMetric(
             key=f"eval/{name}_mean", label=str(getattr(reward, "label", None) or _label(name)),
             higher_is_better=bool(getattr(reward, "higher_is_better", True)),
-            norm_key=f"gold_norm/{name}" if normalise else None, in_average=evaluator is None and normalise))
+            norm_key=f"gold_norm/{name}" if normalise else None, in_average=evaluator is None and normalise,
+            true_attribute=bool(getattr(reward, "true_attribute", False))))
     metrics += reward_metrics
     if evaluator is None:
         has_average = any(m.in_average for m in reward_metrics)

@@ -34,8 +34,8 @@ from .report.runs import (Method, eval_points, format_paired_diff, format_stat, 
                           read_metrics, seed_stats)
 from .train.summary import format_summary_line, summarise_run
 
-__all__ = ["ARMS", "Condition", "StudyPlan", "PRESETS", "run_study", "calibrate_clip", "summarize_condition",
-           "format_study_markdown"]
+__all__ = ["ARMS", "Condition", "StudyPlan", "PRESETS", "run_study", "calibrate_clip", "calibration_job", "read_clip",
+           "summarize_condition", "format_study_markdown", "SPECTRAL_WORLD", "DIGITS_WORLD"]
 
 #: arm (a built-in config) -> display label
 ARMS: dict[str, str] = {
@@ -161,10 +161,10 @@ def calibrate_clip(arm: str, overrides: list[str], out: Path, epochs: int, log=p
     """Run ``arm``'s :func:`calibration_job` (when not finished already) and return :func:`clip_from_rows`
     of its metrics."""
     run_jobs([calibration_job(arm, overrides, out, epochs)], log=log, prefix="[study]")
-    return _read_clip(arm, overrides, out, epochs, log)
+    return read_clip(arm, overrides, out, epochs, log)
 
 
-def _read_clip(arm: str, overrides: list[str], out: Path, epochs: int, log) -> float | None:
+def read_clip(arm: str, overrides: list[str], out: Path, epochs: int, log=print) -> float | None:
     """The calibrated clip of a finished calibration run. A calibration whose metrics do not hold all its
     epochs (a truncated or partial file: the run cannot redo the epochs its checkpoint covers) is not
     trusted: it is removed and run again, with a one-line notice."""
@@ -195,7 +195,7 @@ def run_study(plan: StudyPlan, out: Path, *, extra: list[str] | None = None, wor
         overrides = [*plan.world, *cond.overrides, *extra]
         run_jobs([calibration_job(arm, overrides, cdir / f"calibrate_{arm}", plan.calibrate_epochs)
                   for arm in plan.arms], workers=workers, log=log, prefix=f"[study] {cond.name}")
-        clips = {arm: _read_clip(arm, overrides, cdir / f"calibrate_{arm}", plan.calibrate_epochs, log)
+        clips = {arm: read_clip(arm, overrides, cdir / f"calibrate_{arm}", plan.calibrate_epochs, log)
                  for arm in plan.arms}
         jobs, labels = [], {}
         for arm in plan.arms:

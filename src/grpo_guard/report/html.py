@@ -64,6 +64,7 @@ th, td { border: 1px solid #ccc; padding: .3em .55em; text-align: right; vertica
 th { background: #f3f3f3; } td.l, th.l { text-align: left; }
 figure { margin: 1.2em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: .88em; color: #555; max-width: 1000px; }
+pre.summary { background: #f6f8fa; border: 1px solid #ddd; padding: .8em; font-size: .85em; white-space: pre-wrap; }
 .note { color: #8a5a00; } .muted { color: #777; font-size: .88em; } code { font-size: .95em; }
 .swatch { display: inline-block; width: .8em; height: .8em; margin-right: .35em; border-radius: 2px; }
 """
@@ -373,9 +374,10 @@ def _figure_html(rel: str, title: str, caption: str) -> str:
 
 
 def render_html(methods: list[Method], figures: dict[str, Path], out_dir: Path, title: str,
-                baseline: str | None = None) -> str:
+                baseline: str | None = None, preface: str | None = None) -> str:
     """The report page as a string (figure links relative to ``out_dir``); ``baseline``: the label of the
-    method the others are compared with (:func:`baseline_method`)."""
+    method the others are compared with (:func:`baseline_method`); ``preface``: plain text shown first (the
+    demo's one-screen summaries)."""
     colors = method_colors(methods)
     base = baseline_method(methods, baseline)
     primary = primary_gold(methods)
@@ -387,6 +389,7 @@ def render_html(methods: list[Method], figures: dict[str, Path], out_dir: Path, 
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
+        *([f'<pre class="summary">{html.escape(preface)}</pre>'] if preface else []),
         f"<p>{n_runs} run(s) in {len(methods)} method(s), compared with {html.escape(base.label)} at matched "
         "proxy gain, never at matched epoch. Epochs are numbered as in <code>metrics.jsonl</code> (from 0).</p>",
         "<h2>Headline</h2>", _headline(methods, base, primary, comparisons),
@@ -421,14 +424,14 @@ def render_html(methods: list[Method], figures: dict[str, Path], out_dir: Path, 
 
 
 def build_report(run_dirs, out_dir, title: str | None = None, *, labels: dict | None = None,
-                 baseline: str | None = None) -> Path:
+                 baseline: str | None = None, preface: str | None = None) -> Path:
     """Build ``out_dir/report.html`` and ``out_dir/figures/*.png`` from run directories.
 
     ``run_dirs``: run directories made by ``grpo-guard train``, each optionally as ``LABEL=RUN_DIR`` to name
     its method; runs whose configs differ only in ``seed`` are one method. ``labels`` optionally maps run
     directories to method labels; ``baseline`` names the method the others are compared with (default:
-    Flow-GRPO when present, else the first). Raises ValueError naming any directory that is not a run. Returns the
-    path of ``report.html``."""
+    Flow-GRPO when present, else the first); ``preface`` is plain text shown at the top. Raises ValueError
+    naming any directory that is not a run. Returns the path of ``report.html``."""
     methods = load_runs(run_dirs, labels=labels)
     baseline_method(methods, baseline)  # an unknown baseline label fails before anything is written
     out_dir = Path(out_dir)
@@ -439,7 +442,7 @@ def build_report(run_dirs, out_dir, title: str | None = None, *, labels: dict | 
     figures = make_figures(methods, fig_dir)
     if title is None:
         title = "GRPO-Guard report: " + ", ".join(m.label for m in methods)
-    page = render_html(methods, figures, out_dir, title, baseline)
+    page = render_html(methods, figures, out_dir, title, baseline, preface)
     path = out_dir / "report.html"
     tmp = out_dir / ".report.html.tmp"
     tmp.write_text(page, encoding="utf-8")

@@ -86,7 +86,7 @@ class SpectralGoldEvaluator(_SpectralReader):
     higher_is_better = {"attribute": True, "exploit": False, "drift_lf": False, "drift_hf": False}
     # how they are read (grpo_guard/golds.py): the true attribute is the headline; every metric is raw, as
     # the base model's attribute and exploit are near 0 and the unbiased drifts can be negative
-    primary = "attribute"
+    primary = true_attribute = "attribute"
     raw_metrics = ("attribute", "exploit", "drift_lf", "drift_hf")
     labels = {"attribute": "true attribute g", "exploit": "exploit e", "drift_lf": "class-mean drift, LF",
               "drift_hf": "class-mean drift, HF"}

@@ -91,7 +91,10 @@ def make_hidden_aesthetic_reward(params: dict, ctx: RewardContext) -> _WorldRewa
     res = _resolution(params, ctx)
     if params:
         raise ValueError(f"params: toy_hidden_aesthetic takes only 'resolution', got {sorted(params)}")
-    return _WorldReward("toy_hidden_aesthetic", lambda x, y: hidden_aesthetic(x), res)
+    reward = _WorldReward("toy_hidden_aesthetic", lambda x, y: hidden_aesthetic(x), res)
+    # as a gold (grpo_guard/golds.py): the digits world's true attribute, which no proxy sees
+    reward.label, reward.true_attribute = "true attribute (hidden aesthetic)", True
+    return reward
 
 
 class ToyGoldEvaluator:
