@@ -108,3 +108,19 @@ def test_cache_round_trip_and_determinism(tmp_path):
     assert torch.equal(a.logits(x), c.logits(x))
     d = train_gold(dataclasses.replace(cfg, seed=1), s, cache_dir=tmp_path, verbose=False)
     assert not torch.equal(a.logits(x), d.logits(x)) and len(list(tmp_path.iterdir())) == 4
+
+
+def test_train_network_reports_progress_at_most_every_interval():
+    import torch.nn.functional as F
+
+    from grpo_guard.world.gold import train_network
+
+    x, y = torch.randn(20, 3, generator=torch.Generator().manual_seed(0)), torch.randn(20, 1)
+    lines = []
+    train_network(torch.nn.Linear(3, 1), x, y, F.mse_loss, lambda a, b, g: (a, b), epochs=3, batch_size=8, lr=1e-2,
+                  seed=0, progress=lines.append, progress_every=0.0)
+    assert [line.split(" loss ")[0] for line in lines] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    lines.clear()
+    train_network(torch.nn.Linear(3, 1), x, y, F.mse_loss, lambda a, b, g: (a, b), epochs=3, batch_size=8, lr=1e-2,
+                  seed=0, progress=lines.append, progress_every=3600.0)
+    assert lines == []  # a short training is silent

@@ -51,6 +51,7 @@ __all__ = [
     "save_module",
     "load_module",
     "train_or_load",
+    "progress_printer",
     "GoldConfig",
     "GoldScores",
     "NormalisedGold",
@@ -137,7 +138,8 @@ def random_shift(images: Tensor, max_shift: int, generator: torch.Generator) -> 
 
 
 def train_network(model: nn.Module, inputs: Tensor, targets: Tensor, loss_fn, augment, *, epochs: int,
-                  batch_size: int, lr: float, seed: int, weight_decay: float = 1e-4) -> TrainReport:
+                  batch_size: int, lr: float, seed: int, weight_decay: float = 1e-4,
+                  progress: Callable[[str], None] | None = None, progress_every: float = 10.0) -> TrainReport:
     """Deterministic minibatch training with AdamW and a cosine learning-rate decay.
 
     Args:
@@ -147,6 +149,7 @@ def train_network(model: nn.Module, inputs: Tensor, targets: Tensor, loss_fn, au
         augment: ``(inputs_batch, targets_batch, generator) -> (inputs_batch, targets_batch)``
             (may be the identity); all its randomness must come from ``generator``.
         seed: seeds the shuffling and the augmentation generator.
+        progress: gets a line (epoch, loss, seconds) at most every ``progress_every`` seconds.
     """
     if epochs < 1 or batch_size < 1 or not lr > 0:
         raise ValueError(f"epochs/batch_size/lr: must be positive, got {epochs}/{batch_size}/{lr}")
@@ -156,9 +159,9 @@ def train_network(model: nn.Module, inputs: Tensor, targets: Tensor, loss_fn, au
     steps_per_epoch = math.ceil(n / batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
     model.train()
-    t0 = time.perf_counter()
+    t0 = last_line = time.perf_counter()
     last = float("nan")
-    for _ in range(epochs):
+    for epoch in range(epochs):
         perm = torch.randperm(n, generator=gen)
         total = 0.0
         for s in range(steps_per_epoch):
@@ -171,6 +174,9 @@ def train_network(model: nn.Module, inputs: Tensor, targets: Tensor, loss_fn, au
             sched.step()
             total += float(loss.detach()) * len(idx)
         last = total / n
+        if progress is not None and time.perf_counter() - last_line >= progress_every:
+            last_line = time.perf_counter()
+            progress(f"epoch {epoch + 1}/{epochs} loss {last:.4f} ({last_line - t0:.0f} s)")
     model.eval()
     return TrainReport(seconds=time.perf_counter() - t0, final_loss=last)
 
@@ -178,6 +184,12 @@ def train_network(model: nn.Module, inputs: Tensor, targets: Tensor, loss_fn, au
 # --------------------------------------------------------------------------------------------
 # caching: safetensors + JSON, keyed by a config hash
 # --------------------------------------------------------------------------------------------
+def progress_printer(kind: str, verbose: bool) -> Callable[[str], None] | None:
+    """The progress lines of training the world network ``kind`` (``[kind] ...``), or None when not verbose."""
+    label = kind.replace("-", " ")
+    return (lambda msg: print(f"[{label}] {msg}", flush=True)) if verbose else None
+
+
 def config_hash(kind: str, config) -> str:
     """16 hex digits of sha256 over (kind, cache format version, the dataclass ``config`` as sorted JSON)."""
     payload = json.dumps({"kind": kind, "format": CACHE_FORMAT_VERSION, "config": asdict(config)}, sort_keys=True)
@@ -490,7 +502,8 @@ def train_gold(config: GoldConfig = GoldConfig(), splits: WorldSplits | None = N
 
     def fit() -> tuple[TrainReport, dict]:
         report = train_network(model, splits.gold.images, splits.gold.labels, F.cross_entropy, _gold_augment(config),
-                               epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed)
+                               epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
+                               progress=progress_printer("gold", verbose))
         built["evaluator"] = ev = GoldEvaluator(model, config, splits.heldout.images)
         return report, {"heldout_accuracy": ev.accuracy(splits.heldout.images, splits.heldout.labels),
                         "n_train": len(splits.gold)}

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .data import NUM_CLASSES, WorldSplits, check_images, check_labels, make_splits
-from .gold import ConvNet, NetTrainingConfig, TrainReport, seeded_rng, train_network, train_or_load
+from .gold import ConvNet, NetTrainingConfig, TrainReport, progress_printer, seeded_rng, train_network, train_or_load
 
 __all__ = [
     "RewardFn",
@@ -275,7 +275,8 @@ def train_classifier_proxy(config: ClassifierProxyConfig = ClassifierProxyConfig
     def fit() -> tuple[TrainReport, dict]:
         report = train_network(model, splits.proxy.images, splits.proxy.labels, F.cross_entropy,
                                _classifier_augment(config, textures), epochs=config.epochs,
-                               batch_size=config.batch_size, lr=config.lr, seed=config.seed)
+                               batch_size=config.batch_size, lr=config.lr, seed=config.seed,
+                               progress=progress_printer("proxy-classifier", verbose))
         acc = ClassifierProxy(model, config).accuracy(splits.heldout.images, splits.heldout.labels)
         return report, {"heldout_accuracy": acc, "n_train": len(splits.proxy)}
 
@@ -375,7 +376,8 @@ def train_aesthetic_proxy(config: AestheticProxyConfig = AestheticProxyConfig(),
     def fit() -> tuple[TrainReport, dict]:
         report = train_network(model, splits.proxy.images, splits.proxy.labels, F.mse_loss,
                                _aesthetic_augment(config, texture, mean, std), epochs=config.epochs,
-                               batch_size=config.batch_size, lr=config.lr, seed=config.seed)
+                               batch_size=config.batch_size, lr=config.lr, seed=config.seed,
+                               progress=progress_printer("proxy-aesthetic", verbose))
         held = splits.heldout.images
         pred = AestheticProxy(model, config, mean, std).predict(held)
         corr = float(torch.corrcoef(torch.stack([pred, hidden_aesthetic(held)]))[0, 1])
