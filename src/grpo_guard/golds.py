@@ -88,6 +88,17 @@ class GoldDeclaration:
         """The headline gold (None when the run has no gold)."""
         return next((m for m in self.metrics if m.primary), self.metrics[0] if self.metrics else None)
 
+    def readings(self, logged: Iterable[str]) -> list[tuple[GoldMetric, str]]:
+        """``(metric, reading key)`` for every metric the run logged, the primary first: normalised where
+        declared and logged, else raw (:meth:`GoldMetric.reading_key`)."""
+        logged = set(logged)
+        out = []
+        for metric in self.metrics:
+            key = metric.reading_key(logged)
+            if key in logged:
+                out.append((metric, key))
+        return out
+
     def get(self, key: str) -> GoldMetric | None:
         """The metric whose raw or normalised key is ``key``."""
         return next((m for m in self.metrics if key in (m.key, m.norm_key)), None)

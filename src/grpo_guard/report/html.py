@@ -18,7 +18,7 @@ import numpy as np
 from .figures import FIGURES, make_figures, method_colors
 from ..golds import GoldMetric
 from .runs import (GOLD_KEY, Method, Run, eval_points, format_paired_diff, format_stat, load_runs, matched_gold,
-                   method_golds)
+                   method_golds, seeds_better)
 
 __all__ = ["build_report", "MethodSummary", "summarize_method", "render_html", "baseline_method", "primary_gold",
            "matched_comparisons"]
@@ -257,10 +257,9 @@ def matched_comparisons(methods: list[Method], baseline: Method) -> list[tuple[G
 
 
 def _better_count(metric: GoldMetric, key: str, res: dict) -> str:
-    """``k/n seeds`` where the method beats the baseline in the gold's direction."""
-    diffs = [d for d in res["paired_per_seed"] if math.isfinite(d)]
-    sign = 1 if metric.better(key) else -1
-    return f"{sum(sign * d > 0 for d in diffs)}/{len(diffs)}"
+    """``k/n`` seeds where the method beats the baseline in the gold's direction."""
+    k, n = seeds_better(res, metric.better(key))
+    return f"{k}/{n}"
 
 
 def _headline(methods: list[Method], baseline: Method, primary, comparisons) -> str:

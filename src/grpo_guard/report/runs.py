@@ -17,6 +17,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from ..golds import AVERAGE_KEY, GoldDeclaration, GoldMetric, read_golds
 __all__ = [
     "Run", "Method", "load_run", "load_runs", "group_methods", "method_label", "parse_run_spec",
     "flatten_config", "NON_METHOD_KEYS", "GOLD_KEY", "seed_stats", "eval_points", "gain_points", "gold_at_proxy",
-    "matched_gain", "matched_gold", "method_golds", "format_stat", "format_paired_diff", "as_number", "read_metrics",
+    "matched_gain", "matched_gold", "method_golds", "seeds_better", "format_stat", "format_paired_diff", "as_number", "read_metrics",
 ]
 
 #: the normalised gold average (the digits world's headline gold)
@@ -72,7 +73,7 @@ class Run:
     base_row: dict | None = None  # the base model's evaluation (base_eval.json), when the run wrote one
     golds: GoldDeclaration = field(default_factory=GoldDeclaration)  # how its golds are read (golds.json)
 
-    @property
+    @cached_property
     def logged_keys(self) -> set[str]:
         """Every key with a finite scalar value on some row (the base evaluation included)."""
         keys = set()
@@ -604,9 +605,12 @@ def method_golds(methods: list[Method]) -> list[tuple[GoldMetric, str]]:
     for m in methods:
         for r in m.runs:
             logged |= r.logged_keys
-    out = []
-    for metric in methods[0].first.golds.metrics:
-        key = metric.reading_key(logged)
-        if key in logged:
-            out.append((metric, key))
-    return out
+    return methods[0].first.golds.readings(logged)
+
+
+def seeds_better(res: dict, higher_is_better: bool) -> tuple[int, int]:
+    """``(k, n)``: of the ``n`` seeds a :func:`matched_gold` result pairs, the ``k`` where the arm is better
+    than the baseline in the gold's direction."""
+    diffs = [d for d in res["paired_per_seed"] if math.isfinite(d)]
+    sign = 1 if higher_is_better else -1
+    return sum(sign * d > 0 for d in diffs), len(diffs)

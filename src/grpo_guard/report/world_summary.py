@@ -11,10 +11,10 @@ numbers mean.
 
 from __future__ import annotations
 
-import math
 
 from .html import baseline_method, primary_gold
-from .runs import Method, eval_points, format_paired_diff, format_stat, matched_gold, method_golds, seed_stats
+from .runs import (Method, eval_points, format_paired_diff, format_stat, matched_gold, method_golds, seed_stats,
+                   seeds_better)
 
 __all__ = ["summarise_world", "format_world_summary"]
 
@@ -24,9 +24,9 @@ def _gold_entry(metric, key: str, method: Method, base: Method) -> dict | None:
     if res is None:
         return None
     higher = metric.better(key)
-    diffs = [d for d in res["paired_per_seed"] if math.isfinite(d)]
+    better, seeds = seeds_better(res, higher)
     return {"label": metric.label, "key": key, "higher_is_better": higher, "matched": res,
-            "better_seeds": sum((d > 0) if higher else (d < 0) for d in diffs), "seeds": len(diffs)}
+            "better_seeds": better, "seeds": seeds}
 
 
 def summarise_world(methods: list[Method], baseline: str | None = None) -> dict:

@@ -37,12 +37,7 @@ def _finite(v) -> bool:
 def gold_readings(run: Path, logged: set[str]) -> list[tuple[GoldMetric, str]]:
     """The run's golds (its ``golds.json``, or inferred from ``logged``), each with the key it is read from
     (normalised where declared and logged, else raw), the primary first; golds never logged are left out."""
-    out = []
-    for metric in read_golds(run, logged).metrics:
-        key = metric.reading_key(logged)
-        if key in logged:
-            out.append((metric, key))
-    return out
+    return read_golds(run, logged).readings(logged)
 
 
 def _mean(values: list[float]) -> float | None:
