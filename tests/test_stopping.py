@@ -315,3 +315,23 @@ def test_stop_a_two_worker_demo_leaves_no_orphan_and_resume_finishes_it(tmp_path
     for run in ("flow_grpo_s0", "flow_grpo_s1", "grpo_guard_s0", "grpo_guard_s1"):
         epochs = [json.loads(x)["epoch"] for x in (out / "runs" / run / "metrics.jsonl").read_text().splitlines()]
         assert epochs == list(range(60)), run
+
+
+def test_a_stop_in_the_first_epochs_rollout_keeps_nothing(tmp_path, monkeypatch):
+    """Before the first update there is nothing to checkpoint: the run that had not started is removed (the
+    same command starts it again), not left with a checkpoint a --resume would be told about."""
+    from grpo_guard.train import epoch as epoch_parts
+    from grpo_guard.train.loop import train
+    from tiny_backbone import tiny_cfg
+
+    real = epoch_parts.score_batch
+
+    def score_then_signal(ctx, batch, traj):
+        if batch.epoch == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(ctx, batch, traj)
+
+    monkeypatch.setattr("grpo_guard.train.loop.score_batch", score_then_signal)
+    with pytest.raises(stopping.StopRequested, match="in the rewards of the first epoch"):
+        train(tiny_cfg(tmp_path / "cache", "train.epochs=3"), tmp_path / "run", log=lambda *_: None)
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())

@@ -393,9 +393,13 @@ def _interrupted(ctx: RunContext, what: str) -> TrainingInterrupted:
 
 def stop_before_updates(ctx: RunContext, epoch: int, phase: str) -> None:
     """After the rollout or the rewards of ``epoch`` (before any update): on a stop signal, drop the epoch,
-    checkpoint the state at its start (nothing of it was applied) and raise :class:`TrainingInterrupted`."""
+    checkpoint the state at its start (nothing of it was applied) and raise :class:`TrainingInterrupted`; in
+    a run's first epoch there is nothing to keep, so :class:`~grpo_guard.stopping.StopRequested` is raised
+    (a run that had not started is removed, and the same command starts it again)."""
     if not _stop_agreed(ctx):
         return
+    if epoch == 0 and ctx.checkpointed_epoch < 0:  # nothing trained yet: as a stop before training
+        raise stopping.StopRequested(stopping.stop_signal() or signal.SIGINT, f"in the {phase} of the first epoch")
     if ctx.checkpointed_epoch != epoch:
         save_checkpoint_of(ctx, epoch)
     raise _interrupted(ctx, f"during the {phase} of epoch {epoch} (dropped): checkpoint of epoch {epoch} written")
