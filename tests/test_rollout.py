@@ -89,3 +89,30 @@ def test_non_finite_velocity_at_any_step_is_caught(bad, at_call):
 def test_bad_schedule_rejected_once(sigmas):
     with pytest.raises(ValueError, match="sigmas"):
         _run(lambda x, s, c: x, sigmas)
+
+
+@pytest.mark.parametrize("latent", [(1, 8, 8), (3, 7, 7)])  # 64 values (a multiple of 16) and 147 (not)
+def test_initial_only_noise_equals_the_full_draw_where_it_is_used(latent):
+    from grpo_guard.seeding import derive_generator
+    from grpo_guard.train.rollout import per_sample_noise
+
+    full = per_sample_noise(3, "eval", 0, [0, 5, 9], 6, latent)
+    # each row is the same draw as a plain torch.randn from the sample's own generator
+    assert torch.equal(full[1], torch.randn((6, *latent), generator=derive_generator(3, "eval", 0, 5)))
+    first = per_sample_noise(3, "eval", 0, [0, 5, 9], 6, latent, initial_only=True)
+    assert first.shape == full.shape
+    assert torch.equal(first[:, 0], full[:, 0])
+
+
+def test_unused_step_noise_is_not_checked_but_used_noise_is():
+    """An ODE rollout reads only the initial noise: a NaN elsewhere in the tensor is not its concern."""
+    sigmas = torch.linspace(1, 0, 5)
+    ode = StepSchedule(sigmas, [], [], 0.7, "flow_grpo")
+    cond = Conditioning(torch.zeros(2, 1, 3))
+    velocity = lambda x, s, c: -x  # noqa: E731
+    noise = torch.randn(2, 5, 1, 2, 2)
+    noise[:, 3] = float("nan")
+    assert torch.isfinite(rollout(velocity, cond, noise, ode).final).all()
+    noise[:, 0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="noise"):
+        rollout(velocity, cond, noise, ode)

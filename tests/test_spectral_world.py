@@ -120,3 +120,41 @@ def test_drift_gold_is_unbiased_and_sees_a_shift():
     s = ev(bb.decode(shifted), _prompts(labels))
     assert s["drift_hf"] == pytest.approx(5.0, abs=0.6) and abs(s["drift_lf"]) < 0.5
     assert ev.average == () and ev.higher_is_better["attribute"] is True
+
+
+def test_backbone_with_a_correction_equals_the_per_row_formula_values_and_gradients():
+    """The forward makes its (class, time)-dependent terms once per distinct pair; it must equal the
+    module docstring's per-row formula, values and gradients, for a batch of mixed classes and times."""
+    bb = _backbone(n=16)
+    torch.nn.init.normal_(bb.out.weight, std=0.1)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 3, 3, 4, 5, 0, 0])
+    sig = torch.tensor([0.3] * 6 + [0.7] * 5 + [0.3])
+    x = torch.randn(12, *bb.latent_shape)
+    cond = bb.encode_prompts(_prompts(labels))
+    v = bb(x, sig, cond, 1.0)
+    (v * torch.linspace(-1, 1, v.numel()).reshape(v.shape)).sum().backward()
+    grads = [p.grad.clone() for p in bb.trainable_parameters()]
+    bb.zero_grad()
+    onehot = torch.nn.functional.one_hot(labels, 10).float()
+    per_row = bb.out(bb.mlp(torch.cat([onehot, bb._time_features(sig)], dim=1))) * bb.scale
+    expected = bb.world.velocity(x, sig, labels) + per_row.reshape(12, 1, 16, 16)
+    assert torch.allclose(v, expected, atol=1e-5)
+    (expected * torch.linspace(-1, 1, v.numel()).reshape(v.shape)).sum().backward()
+    for got, want in zip(grads, (p.grad for p in bb.trainable_parameters())):
+        assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_route_modes_read_directly_equal_the_full_transform():
+    from grpo_guard.world.spectral import modes_at
+
+    w = make_spectral_world(24, seed=3)
+    c = dct_matrix(24).float()
+    img = torch.randn(5, 1, 24, 24)
+    full = image_to_modes(img, c).flatten(1)
+    for which in ("genuine", "exploit"):
+        idx, _ = w.route_indices(which)
+        assert torch.allclose(modes_at(img, c, idx), full[:, idx], atol=1e-5)
+        assert torch.allclose(w.route_of_modes(full[:, idx], torch.arange(5), which),
+                              w.route(image_to_modes(img, c), torch.arange(5), which), atol=1e-5)
+    with pytest.raises(ValueError, match="which"):
+        w.route_indices("both")

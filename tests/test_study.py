@@ -86,3 +86,90 @@ def test_study_cli_rejects_bad_input(tmp_path, capsys):
     assert main(["study", "--preset", "tiny", "--out", str(tmp_path / "y"), "--arms", "flow_grpo,bogus"]) == 2
     assert "bogus" in capsys.readouterr().err
     assert not (tmp_path / "y").exists()
+
+
+def test_the_regime_preset_is_a_sweep_then_the_factorial_and_every_run_config_loads():
+    from grpo_guard.config import load_config
+
+    plan = PRESETS["regime"]
+    sweep = [c for c in plan.conditions if c.name.startswith("sweep_")]
+    cells = [c for c in plan.conditions if not c.name.startswith("sweep_")]
+    assert sweep and cells
+    for c in sweep:  # the sweep runs Flow-GRPO once per drift setting
+        assert plan.arms_of(c) == ["flow_grpo"] and plan.seeds_of(c) == [0]
+    # the {plain, ratio_norm} x {none, inv_dt} factorial plus mean-revised, 3 seeds, in every cell
+    modes = set()
+    for c in cells:
+        assert len(plan.seeds_of(c)) >= 3
+        for arm in plan.arms_of(c):
+            cfg = load_config(arm, [*plan.world, *c.overrides])
+            assert cfg.backbone.params["n"] in (128, 256)
+            modes.add((cfg.loss.ratio_mode, cfg.loss.step_weight))
+    assert {("plain", "none"), ("plain", "inv_dt"), ("ratio_norm", "none"), ("ratio_norm", "inv_dt"),
+            ("mean_revised", "none")} <= modes
+    for c in plan.conditions:
+        lr = c.name.split("_lr")[1]
+        assert load_config("flow_grpo", [*plan.world, *c.overrides]).train.lr == pytest.approx(float(lr))
+
+
+@pytest.mark.slow
+def test_conditions_with_their_own_arms_and_the_clip_vs_regime_figure(tmp_path):
+    import numpy as np
+
+    from grpo_guard.report.figures import REGIME_EDGES, regime_clip_curve
+    from grpo_guard.report.runs import load_run
+    from grpo_guard.study import REGIME_FIGURE, Condition, StudyPlan
+
+    tiny = PRESETS["tiny"]
+    plan = StudyPlan(name="t", world=tiny.world, arms=["flow_grpo", "grpo_guard"], seeds=[0], calibrate_epochs=2,
+                     conditions=[Condition("multi", []),
+                                 Condition("sweep", ["train.lr=1e-2"], arms=["flow_grpo"], seeds=[1])])
+    run_study(plan, tmp_path, log=lambda _: None)
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir() and p.name != "figures") == [
+        "calibrate_flow_grpo", "flow_grpo_s1"]
+    doc = json.loads((tmp_path / "study.json").read_text())
+    sweep = next(c for c in doc["conditions"] if c["condition"] == "sweep")
+    assert list(sweep["arms"]) == ["flow_grpo"] and sweep["seeds"] == [1]
+    # per-step regime and clipping by advantage sign: the run's own per-step means over epochs
+    per_step = sweep["arms"]["flow_grpo"]["per_step"]
+    run = load_run(tmp_path / "sweep" / "flow_grpo_s1")
+    for stat in ("bias_over_spread", "clip_high_pos", "clip_low_neg"):
+        want = [v if math.isfinite(v) else None for v in run.step_profile(stat)[1].tolist()]
+        assert len(per_step[stat]) == len(want) == 9
+        assert all((a is None and b is None) or a == pytest.approx(b) for a, b in zip(per_step[stat], want))
+    assert "| Flow-GRPO | clip hi A>0 | " in (tmp_path / "study.md").read_text()
+    assert (tmp_path / REGIME_FIGURE).is_file()
+    # the figure's binned means, recomputed by hand from the two Flow-GRPO runs' metrics.jsonl
+    points = []
+    for run in (tmp_path / "multi" / "flow_grpo_s0", tmp_path / "sweep" / "flow_grpo_s1"):
+        for line in (run / "metrics.jsonl").read_text().splitlines():
+            st = json.loads(line).get("step_stats")
+            for k in range(len(st["bias_over_spread"]) if st else 0):
+                x, hi, lo = st["bias_over_spread"][k], st["clip_high_pos"][k], st["clip_low_neg"][k]
+                if all(v is not None and math.isfinite(v) for v in (x, hi, lo)):
+                    points.append((x, hi, lo))
+    assert points
+    curve = regime_clip_curve([load_run(tmp_path / "multi" / "flow_grpo_s0"),
+                               load_run(tmp_path / "sweep" / "flow_grpo_s1")], min_count=1)
+    for b in range(len(REGIME_EDGES) - 1):
+        lo_edge, hi_edge = REGIME_EDGES[b], REGIME_EDGES[b + 1]
+        sel = [p for p in points if (b == 0 or p[0] >= lo_edge) and (b == len(REGIME_EDGES) - 2 or p[0] < hi_edge)]
+        centre = math.sqrt(lo_edge * hi_edge)
+        found = [i for i, c in enumerate(curve["centre"]) if c == pytest.approx(centre)]
+        assert bool(sel) == bool(found)
+        if sel:
+            i = found[0]
+            assert curve["count"][i] == len(sel)
+            assert curve["clip_high_pos"][i] == pytest.approx(np.mean([p[1] for p in sel]))
+            assert curve["clip_low_neg"][i] == pytest.approx(np.mean([p[2] for p in sel]))
+
+
+def test_a_quiet_run_in_this_process_prints_progress_lines(tmp_path):
+    from grpo_guard.parallel import RunJob, run_jobs
+
+    logs = []
+    job = RunJob("flow_grpo", (*PRESETS["tiny"].world, "train.epochs=6"), tmp_path / "run", label="tiny run")
+    run_jobs([job], workers=1, log=logs.append, progress_every=0.2)
+    lines = [m for m in logs if "progress (epochs): tiny run" in m]
+    assert lines and lines[-1].endswith("/6")
+    assert logs[-1].startswith("[run] tiny run done in")

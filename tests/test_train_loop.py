@@ -117,6 +117,23 @@ def test_cli_train_and_eval(tmp_path, cache, capsys):
     assert "eval/proxy_reward_mean" in res and res["checkpoint"].endswith("epoch_000003")
 
 
+def test_without_a_terminal_progress_is_plain_lines_not_a_bar(tmp_path, cache, capsys, monkeypatch):
+    import grpo_guard.train.loop as loop
+
+    monkeypatch.setattr(loop, "PROGRESS_LINE_SECONDS", 0.0)  # a line after every epoch
+    args = ["train", "--config", "flow_grpo", "--output-dir", str(tmp_path / "run"),
+            "--set", "backbone.name=tiny_backbone:make_tiny_backbone", "--set", "rewards=[{name: ink}]",
+            "--set", f"cache_dir={cache}", "--set", "eval.evaluator=null", "--set", "eval.samples_per_prompt=2",
+            "--set", "sample.prompts_per_epoch=2", "--set", "sample.group_size=4", "--set", "train.epochs=3",
+            "--set", "backbone.params={}"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err and "epochs:" not in err  # no tqdm bar in a captured (non-terminal) stderr
+    assert [line.split(":")[0] for line in err.splitlines() if line.startswith("epoch ")] == [
+        "epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    assert "evaluating the base model (" in err
+
+
 @pytest.mark.parametrize("args, fragment", [
     (["train", "--output-dir", "X", "--set", "train.lrr=1"], "train.lrr"),
     (["train", "--output-dir", "X", "--config", "nope"], "no such config"),

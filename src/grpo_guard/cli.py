@@ -194,7 +194,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
         plan = dataclasses.replace(plan, conditions=[known[c] for c in names])
     try:  # validate every run's config before anything is written
         for cond in plan.conditions:
-            for arm in plan.arms:
+            for arm in plan.arms_of(cond):
                 load_config(arm, [*plan.world, *cond.overrides, *args.set])
     except ConfigError as e:
         raise UsageError(str(e)) from None
@@ -359,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Calibrates each arm's clip range on its own ratio spread, trains every arm for "
                                    "every condition and seed, and writes OUT/study.md, OUT/study.json and a "
                                    "report per condition. Re-running finishes an interrupted study.")
-    p.add_argument("--preset", required=True, help="digits, spectral, map or tiny (see docs/results.md)")
+    p.add_argument("--preset", required=True, help="digits, spectral, map, regime or tiny (see docs/results.md)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--arms", default=None, help="comma-separated subset of the preset's arms")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the preset's, 0,1,2)")

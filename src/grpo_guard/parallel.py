@@ -15,9 +15,11 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,7 +95,9 @@ def build_world_cache(cfg, name: str, log: Callable[[str], None] = print) -> Non
         build_reward(spec.name, spec.params, rctx)
     if cfg.eval.evaluator:
         build_evaluator(cfg.eval.evaluator, cfg.eval.evaluator_params, rctx)
-    log(f"base model and reward models for {name} ready ({time.perf_counter() - t0:.0f} s)")
+    seconds = time.perf_counter() - t0
+    if seconds >= 1:  # worth a line (an analytic world, or one loaded from the cache at once, is not)
+        log(f"base model and reward models for {name} ready ({seconds:.0f} s)")
 
 
 def _world_key(cfg) -> str:
@@ -132,6 +136,28 @@ def _stop_pool(futures: dict, pending: set, log, prefix: str) -> None:
     raise stopping.StopRequested(signum, f"training {len(futures)} runs (the runs in flight checkpointed)")
 
 
+@contextmanager
+def _progress_lines(job: RunJob, epochs: int, log: Callable[[str], None], prefix: str, every: float) -> Iterator[None]:
+    """While the block trains ``job`` in this process: a progress line every ``every`` seconds from a
+    background thread (epochs logged so far), for a quiet run, which prints nothing itself."""
+    if not job.quiet:
+        yield
+        return
+    done = threading.Event()
+
+    def report() -> None:
+        while not done.wait(every):
+            log(f"{prefix} progress (epochs): {job.name} {_epochs_done(job.run_dir)}/{epochs}")
+
+    thread = threading.Thread(target=report, name="progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
 def run_jobs(jobs: Sequence[RunJob], *, workers: int = 1, log: Callable[[str], None] = print,
              prefix: str = "[run]", progress_every: float = 20.0) -> dict[Path, float | None]:
     """Train every job not finished yet; returns ``{run_dir: seconds}`` (None for runs already done).
@@ -153,9 +179,9 @@ running ones checkpoint and stop, and then :class:`~grpo_guard.stopping.StopRequ
             configs[job.run_dir] = cfg
     workers = max(1, min(workers, len(todo)))
     if workers == 1:
-        for job, _ in todo:
+        for job, epochs in todo:
             log(f"{prefix} training {job.name} -> {job.run_dir}")
-            with stopping.phase(f"training {job.name}"):
+            with stopping.phase(f"training {job.name}"), _progress_lines(job, epochs, log, prefix, progress_every):
                 seconds[job.run_dir] = train_job(job, None, log)
             log(f"{prefix} {job.name} done in {seconds[job.run_dir]:.0f} s")
         return seconds
@@ -189,7 +215,9 @@ running ones checkpoint and stop, and then :class:`~grpo_guard.stopping.StopRequ
             if pending and time.monotonic() - last_progress >= progress_every:
                 last_progress = time.monotonic()
                 left = sorted((futures[f] for f in pending), key=lambda je: str(je[0].run_dir))
-                log(f"{prefix} progress (epochs): " + ", ".join(
-                    f"{j.name} {_epochs_done(j.run_dir)}/{e}" if (j.run_dir / "metrics.jsonl").is_file()
-                    else f"{j.name} waiting" for j, e in left))
+                started = [(j, e) for j, e in left if (j.run_dir / "metrics.jsonl").is_file()]
+                waiting = len(left) - len(started)
+                log(f"{prefix} progress (epochs): " + ", ".join(f"{j.name} {_epochs_done(j.run_dir)}/{e}"
+                                                                for j, e in started)
+                    + (f"{'; ' if started else ''}{waiting} run(s) waiting" if waiting else ""))
     return seconds

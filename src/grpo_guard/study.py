@@ -23,6 +23,7 @@ import json
 import math
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,9 +31,13 @@ import numpy as np
 
 from .parallel import RunJob, run_jobs
 from .report import build_report
+from .report.figures import fig_clip_vs_regime
 from .report.runs import (Method, eval_points, format_paired_diff, format_stat, load_run, matched_gold, method_golds,
                           read_metrics, seed_stats)
 from .train.summary import format_summary_line, summarise_run
+
+#: the study's figure of clip fractions by advantage sign against bias/spread, every run of every arm
+REGIME_FIGURE = "clip_vs_regime.png"
 
 __all__ = ["ARMS", "Condition", "StudyPlan", "PRESETS", "run_study", "calibrate_clip", "calibration_job", "read_clip",
            "summarize_condition", "format_study_markdown", "SPECTRAL_WORLD", "DIGITS_WORLD"]
@@ -43,19 +48,26 @@ ARMS: dict[str, str] = {
     "flow_grpo_kl": "Flow-GRPO + KL",
     "mean_revised": "mean-revised",
     "ratio_norm": "RatioNorm only",
+    "inv_dt_reweight": "1/|dt| only",
     "grpo_guard": "GRPO-Guard",
     "temp_reweight": "TempFlow-style",
 }
 
+#: the arms a plan runs unless it names its own
+DEFAULT_ARMS = ["flow_grpo", "flow_grpo_kl", "mean_revised", "ratio_norm", "grpo_guard", "temp_reweight"]
+
 
 @dataclass
 class Condition:
-    """One condition of a study: its overrides. The golds compared at matched proxy are the ones the runs
-    declare (``golds.json``, :mod:`grpo_guard.golds`)."""
+    """One condition of a study: its overrides, and optionally its own arms and seeds (a sweep cell that
+    runs only the baseline once, say; otherwise the plan's). The golds compared at matched proxy are the
+    ones the runs declare (``golds.json``, :mod:`grpo_guard.golds`)."""
 
     name: str
     overrides: list[str]
     note: str = ""
+    arms: list[str] | None = None
+    seeds: list[int] | None = None
 
 
 @dataclass
@@ -63,10 +75,18 @@ class StudyPlan:
     name: str
     world: list[str]
     conditions: list[Condition]
-    arms: list[str] = field(default_factory=lambda: list(ARMS))
+    arms: list[str] = field(default_factory=lambda: list(DEFAULT_ARMS))
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     baseline: str = "flow_grpo"
     calibrate_epochs: int = 4
+
+    def arms_of(self, cond: Condition) -> list[str]:
+        """The arms ``cond`` runs: its own, else the plan's."""
+        return list(cond.arms) if cond.arms is not None else list(self.arms)
+
+    def seeds_of(self, cond: Condition) -> list[int]:
+        """The seeds ``cond`` runs: its own, else the plan's."""
+        return list(cond.seeds) if cond.seeds is not None else list(self.seeds)
 
 
 # ---- presets ----------------------------------------------------------------------------------------
@@ -102,6 +122,28 @@ def _spectral_cell(route: str, n: int, updates: str) -> Condition:
                      note=f"{route}-route proxy, D = {n * n}, {'1' if updates == 'few' else '8'} update(s) per batch")
 
 
+#: the regime study's arms: the {plain, ratio_norm} x {none, inv_dt} factorial plus mean-revised
+REGIME_ARMS = ["flow_grpo", "inv_dt_reweight", "ratio_norm", "grpo_guard", "mean_revised"]
+#: the regime sweep: Flow-GRPO's drift per batch (the learning rate at 8 updates per batch) per D
+REGIME_SWEEP = {128: ["3e-3", "1e-2", "3e-2"], 256: ["3e-3", "1e-2", "3e-2", "1e-1"]}
+#: the learning rate of each D's factorial: the sweep's stable setting with bias/spread >= 1 at the late steps
+REGIME_LR = {128: "3e-2", 256: "1e-1"}
+
+
+def _regime_cells() -> list[Condition]:
+    cells = [Condition(f"sweep_D{n * n}_lr{lr}", [f"backbone.params.n={n}", f"train.lr={lr}"], arms=["flow_grpo"],
+                       seeds=[0], note=f"regime sweep: Flow-GRPO, D = {n * n}, lr {lr}, 8 updates per batch")
+             for n, lrs in REGIME_SWEEP.items() for lr in lrs]
+    for route in ("multi", "single"):
+        for n, lr in REGIME_LR.items():
+            cell = _spectral_cell(route, n, "many")
+            # at D = 65,536 an evaluation of 10 x 50 samples costs about 3 epochs: 10 x 20 there
+            evals = ["eval.samples_per_prompt=20"] if n >= 256 else []
+            cells.append(Condition(f"{route}-route_D{n * n}_lr{lr}", [*cell.overrides, f"train.lr={lr}", *evals],
+                                   note=f"{cell.note}, lr {lr}" + (", evaluation on 10 x 20 samples" if evals else "")))
+    return cells
+
+
 PRESETS: dict[str, StudyPlan] = {
     "digits": StudyPlan(
         name="digits", world=DIGITS_WORLD,
@@ -119,6 +161,7 @@ PRESETS: dict[str, StudyPlan] = {
         name="map", world=SPECTRAL_WORLD, arms=["flow_grpo", "grpo_guard"],
         conditions=[_spectral_cell(r, n, u) for r in ("multi", "single") for n in (16, 64)
                     for u in ("many", "few")]),
+    "regime": StudyPlan(name="regime", world=SPECTRAL_WORLD, arms=REGIME_ARMS, conditions=_regime_cells()),
     # tiny: for tests (seconds per run)
     "tiny": StudyPlan(
         name="tiny", world=[*SPECTRAL_WORLD, "backbone.params.n=8", "train.epochs=4", "eval.every=1", "train.lr=3e-3",
@@ -150,11 +193,11 @@ def clip_from_rows(rows: list[dict]) -> float | None:
     return float(np.median(prof)) if prof.size else None
 
 
-def calibration_job(arm: str, overrides: list[str], out: Path, epochs: int) -> RunJob:
+def calibration_job(arm: str, overrides: list[str], out: Path, epochs: int, label: str = "") -> RunJob:
     """The calibration run of ``arm``: ``epochs`` epochs with clipping off, no evaluation, into ``out``."""
     return RunJob(arm, (*overrides, f"train.epochs={epochs}", "loss.clip_range=1e9", "eval.every=0",
                         "log.image_every=0", "log.checkpoint_every=0", "train.grad_norm_every=0",
-                        "monitor.enabled=false"), out, label=f"calibrate {arm}")
+                        "monitor.enabled=false"), out, label=label or f"calibrate {arm}")
 
 
 def calibrate_clip(arm: str, overrides: list[str], out: Path, epochs: int, log=print) -> float | None:
@@ -181,36 +224,48 @@ def read_clip(arm: str, overrides: list[str], out: Path, epochs: int, log=print)
 # ---- running ------------------------------------------------------------------------------------
 
 def run_study(plan: StudyPlan, out: Path, *, extra: list[str] | None = None, workers: int = 1, log=print) -> Path:
-    """Run the whole plan into ``out`` and write ``study.json``, ``study.md`` and a report per condition.
-    ``workers`` > 1 trains that many runs side by side (:mod:`grpo_guard.parallel`). Returns the path of
-    ``study.md``."""
+    """Run the whole plan into ``out`` and write ``study.json``, ``study.md``, a report per condition and
+    the study's regime figure (:func:`~grpo_guard.report.figures.fig_clip_vs_regime`). ``workers`` > 1
+    trains that many runs side by side (:mod:`grpo_guard.parallel`), across conditions: first every
+    calibration, then every training run. Returns the path of ``study.md``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     extra = list(extra or [])
     (out / "plan.json").write_text(json.dumps({**asdict(plan), "extra": extra}, indent=1))
     t_all = time.perf_counter()
+    overrides = {cond.name: [*plan.world, *cond.overrides, *extra] for cond in plan.conditions}
+    run_jobs([calibration_job(arm, overrides[cond.name], out / cond.name / f"calibrate_{arm}", plan.calibrate_epochs,
+                              label=f"{cond.name}: calibrate {arm}")
+              for cond in plan.conditions for arm in plan.arms_of(cond)],
+             workers=workers, log=log, prefix="[study]")
+    clips = {cond.name: {arm: read_clip(arm, overrides[cond.name], out / cond.name / f"calibrate_{arm}",
+                                        plan.calibrate_epochs, log)
+                         for arm in plan.arms_of(cond)} for cond in plan.conditions}
+    jobs: dict[str, list[RunJob]] = {}
+    labels: dict[str, str] = {}
+    for cond in plan.conditions:
+        jobs[cond.name] = []
+        for arm in plan.arms_of(cond):
+            clip = [f"loss.clip_range={clips[cond.name][arm]:.6g}"] if clips[cond.name][arm] else []
+            for seed in plan.seeds_of(cond):
+                run = out / cond.name / f"{arm}_s{seed}"
+                jobs[cond.name].append(RunJob(arm, (*overrides[cond.name], *clip, f"seed={seed}"), run,
+                                              label=f"{cond.name}: {arm} seed {seed}"))
+                labels[str(run)] = ARMS.get(arm, arm)
+    run_jobs([job for cond_jobs in jobs.values() for job in cond_jobs], workers=workers, log=log, prefix="[study]")
     results = []
     for cond in plan.conditions:
         cdir = out / cond.name
-        overrides = [*plan.world, *cond.overrides, *extra]
-        run_jobs([calibration_job(arm, overrides, cdir / f"calibrate_{arm}", plan.calibrate_epochs)
-                  for arm in plan.arms], workers=workers, log=log, prefix=f"[study] {cond.name}")
-        clips = {arm: read_clip(arm, overrides, cdir / f"calibrate_{arm}", plan.calibrate_epochs, log)
-                 for arm in plan.arms}
-        jobs, labels = [], {}
-        for arm in plan.arms:
-            clip = [f"loss.clip_range={clips[arm]:.6g}"] if clips[arm] else []
-            for seed in plan.seeds:
-                run = cdir / f"{arm}_s{seed}"
-                jobs.append(RunJob(arm, (*overrides, *clip, f"seed={seed}"), run, label=f"{arm} seed {seed}"))
-                labels[str(run)] = ARMS.get(arm, arm)
-        run_jobs(jobs, workers=workers, log=log, prefix=f"[study] {cond.name}")
-        run_dirs = [job.run_dir for job in jobs]
+        run_dirs = [job.run_dir for job in jobs[cond.name]]
         for run in run_dirs:  # each run's summary.json, written by the run, in one line
             log(f"[study] {cond.name}: {format_summary_line(summarise_run(run))}")
         build_report(run_dirs, cdir, title=f"Study {plan.name}: {cond.note or cond.name}", labels=labels,
                      baseline=ARMS.get(plan.baseline, plan.baseline))
-        results.append(summarize_condition(plan, cond, cdir, clips))
+        results.append(summarize_condition(plan, cond, cdir, clips[cond.name]))
+    fig_clip_vs_regime({ARMS.get(arm, arm): [load_run(job.run_dir) for cond_jobs in jobs.values() for job in cond_jobs
+                                             if job.config == arm]
+                        for arm in dict.fromkeys(a for c in plan.conditions for a in plan.arms_of(c))},
+                       out / REGIME_FIGURE)
     doc = {"plan": plan.name, "extra": extra, "conditions": results, "seconds": time.perf_counter() - t_all}
     (out / "study.json").write_text(json.dumps(doc, indent=1, default=_json_default))
     md = out / "study.md"
@@ -232,7 +287,7 @@ def summarize_condition(plan: StudyPlan, cond: Condition, cdir: Path, clips: dic
     (the primary first, each read normalised where that is meaningful, else raw); each is compared with
     the baseline arm at matched proxy gain by :func:`~grpo_guard.report.runs.matched_gold`, the function
     the report uses, so study.md and report.html show the same figures."""
-    runs = {arm: [load_run(cdir / f"{arm}_s{s}") for s in plan.seeds] for arm in plan.arms}
+    runs = {arm: [load_run(cdir / f"{arm}_s{s}") for s in plan.seeds_of(cond)] for arm in plan.arms_of(cond)}
     base_runs = runs.get(plan.baseline, [])
     golds = method_golds([Method(ARMS.get(arm, arm), rs) for arm, rs in runs.items()])
     arms_out = {}
@@ -247,6 +302,7 @@ def summarize_condition(plan: StudyPlan, cond: Condition, cdir: Path, clips: dic
         entry["grad_norm_spread"] = seed_stats([r.mean_grad_norm_spread() for r in rs])
         entry["clip_high_pos"] = seed_stats([r.mean_clip_high_pos() for r in rs])
         entry["clip_low_neg"] = seed_stats([r.mean_step_stat("clip_low_neg") for r in rs])
+        entry["per_step"] = {stat: _seed_mean_profile(rs, stat) for stat in PER_STEP_STATS}
         prof = [r.step_profile("raw_ratio_mean")[1] for r in rs]
         entry["raw_ratio_mean_minus_1_per_step"] = (np.nanmean(np.stack(prof), axis=0) - 1).tolist() if prof else []
         entry["frac_steps_raw_ratio_below_1"] = seed_stats([float(np.mean(p[np.isfinite(p)] < 1)) for p in prof
@@ -263,8 +319,25 @@ def summarize_condition(plan: StudyPlan, cond: Condition, cdir: Path, clips: dic
             entry_golds[key] = g
         entry["golds"] = entry_golds
         arms_out[arm] = entry
-    return {"condition": cond.name, "note": cond.note, "baseline": plan.baseline, "seeds": plan.seeds,
+    return {"condition": cond.name, "note": cond.note, "baseline": plan.baseline, "seeds": plan.seeds_of(cond),
             "arms": arms_out}
+
+
+#: the per-step statistics study.json and study.md give per arm (mean over epochs, then over seeds)
+PER_STEP_STATS = {"bias_over_spread": "bias/spread", "clip_high_pos": "clip hi A>0", "clip_low_neg": "clip lo A<0"}
+
+
+def _seed_mean_profile(runs: list, stat: str) -> list[float | None]:
+    """The mean over ``runs`` of each run's per-step mean over epochs of ``stat`` (None where no run has a
+    value; runs whose step grids differ from the first are left out)."""
+    profiles = [r.step_profile(stat)[1] for r in runs]
+    profiles = [p for p in profiles if p.size and p.shape == profiles[0].shape]
+    if not profiles:
+        return []
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: no run had the step
+        mean = np.nanmean(np.stack(profiles), axis=0)
+    return [float(v) if math.isfinite(v) else None for v in mean]
 
 
 def _f(s: dict, spec: str = ".3f") -> str:
@@ -292,6 +365,18 @@ def format_study_markdown(doc: dict) -> str:
                          f"| {r1_last:.1e} | {_f(a['clip_high_pos'], '.3f')} | {_f(a['clip_low_neg'], '.3f')} "
                          f"| {_f(a['bias_over_spread_last_step'], '.2f')} | {_f(a['grad_norm_spread'], '.1f')} "
                          f"| {_f(a['wall_seconds'], '.1f')} |")
+        steps = max((len(v) for a in c["arms"].values() for v in a.get("per_step", {}).values()), default=0)
+        if steps:
+            lines += ["", "Per step (schedule index; mean over epochs, then seeds): the regime of the ratio and the "
+                      "clipping by advantage sign.", "",
+                      "| arm | statistic | " + " | ".join(str(k) for k in range(steps)) + " |",
+                      "|---|---|" + "---|" * steps]
+            for a in c["arms"].values():
+                for stat, label in PER_STEP_STATS.items():
+                    vals = a.get("per_step", {}).get(stat, [])
+                    if any(v is not None for v in vals):
+                        cells = ["–" if v is None else f"{v:.2f}" for v in vals] + ["–"] * (steps - len(vals))
+                        lines.append(f"| {a['label']} | {label} | " + " | ".join(cells) + " |")
         lines += ["", "Golds (↑ higher is better, ↓ lower; the primary gold in bold; `gold_norm/*` and "
                   "`gold_normalized_avg` relative to the base model, the others raw): start → final, and at matched "
                   "proxy (arm vs baseline).", "",

@@ -11,6 +11,7 @@ that is meaningful, else raw next to the base model's value.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Callable
@@ -24,9 +25,14 @@ from PIL import Image
 
 from .runs import GOLD_KEY, Method, Run, as_number, gain_points, gold_at_proxy, matched_gain, method_golds
 
+# matplotlib wheels without the STIX / Computer Modern fonts warn once per process per family when a label
+# has mathtext; the fallback (DejaVu) renders it, so the warnings would only bury the command's own output
+logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
+
 __all__ = [
     "fig_training_curves", "fig_gold_vs_proxy", "fig_ratio_per_step", "fig_ratio_heatmap",
-    "fig_clip_per_step", "fig_grad_norm_per_step", "fig_regime", "fig_image_strip", "make_figures",
+    "fig_clip_per_step", "fig_grad_norm_per_step", "fig_regime", "fig_clip_vs_regime", "regime_clip_points",
+    "regime_clip_curve", "fig_image_strip", "make_figures",
     "method_colors", "FIGURES",
 ]
 
@@ -438,6 +444,83 @@ def fig_regime(methods: list[Method], path: str | Path) -> Path:
         _int_x(ax, "denoising step (schedule index)")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+#: bias/spread bin edges of :func:`regime_clip_curve` (log-spaced; the left shift decides the clipping above ~1)
+REGIME_EDGES = np.logspace(-3, 1, 13)
+
+
+def regime_clip_points(runs: list[Run]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every (epoch, trained step) of ``runs`` with all three statistics finite: ``(bias_over_spread,
+    clip_high_pos, clip_low_neg)``, each (P,): the fraction of positive-advantage samples clipped above
+    and of negative-advantage samples clipped below, against the regime of that step's ratio."""
+    xs, his, los = [], [], []
+    for run in runs:
+        _, _, x = run.step_matrix("bias_over_spread")
+        _, _, hi = run.step_matrix("clip_high_pos")
+        _, _, lo = run.step_matrix("clip_low_neg")
+        if x.size and x.shape == hi.shape == lo.shape:
+            xs.append(x.ravel()), his.append(hi.ravel()), los.append(lo.ravel())
+    if not xs:
+        return np.zeros(0), np.zeros(0), np.zeros(0)
+    x, hi, lo = np.concatenate(xs), np.concatenate(his), np.concatenate(los)
+    keep = np.isfinite(x) & np.isfinite(hi) & np.isfinite(lo)
+    return x[keep], hi[keep], lo[keep]
+
+
+def regime_clip_curve(runs: list[Run], edges: np.ndarray = REGIME_EDGES, min_count: int = 5) -> dict[str, np.ndarray]:
+    """:func:`regime_clip_points` binned by bias/spread (``edges``; values below the first edge go to the
+    first bin): per bin with at least ``min_count`` points, ``centre`` (geometric), ``clip_high_pos`` and
+    ``clip_low_neg`` (means) and ``count``."""
+    x, hi, lo = regime_clip_points(runs)
+    idx = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, len(edges) - 2)
+    out: dict[str, list] = {"centre": [], "clip_high_pos": [], "clip_low_neg": [], "count": []}
+    for b in range(len(edges) - 1):
+        sel = idx == b
+        if sel.sum() >= min_count:
+            out["centre"].append(math.sqrt(edges[b] * edges[b + 1]))
+            out["clip_high_pos"].append(float(hi[sel].mean()))
+            out["clip_low_neg"].append(float(lo[sel].mean()))
+            out["count"].append(int(sel.sum()))
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def fig_clip_vs_regime(arms: dict[str, list[Run]], path: str | Path) -> Path:
+    """The paper's Fig. 12 mechanism, checked: for each arm (label -> its runs), the fraction of A > 0
+    samples clipped above (left) and of A < 0 samples clipped below (right) against bias/spread of the
+    step's log-ratio; faint points are (epoch, step) values, lines their means per bias/spread bin. Where
+    the left shift decides the clipping (bias/spread >~ 1), a plain ratio clips A > 0 samples above less
+    and less while A < 0 ones are clipped below."""
+    fig = new_figure(10.5, 4.0)
+    axes = fig.subplots(1, 2, sharey=True).ravel()
+    panels = [("clip_high_pos", "A > 0 clipped above (ratio > 1 + eps)"), ("clip_low_neg",
+                                                                           "A < 0 clipped below (ratio < 1 - eps)")]
+    any_points = False
+    for i, (label, runs) in enumerate(arms.items()):
+        color = _PALETTE[i % len(_PALETTE)]
+        x, hi, lo = regime_clip_points(runs)
+        if not x.size:
+            continue
+        any_points = True
+        curve = regime_clip_curve(runs)
+        for ax, (key, _), y in zip(axes, panels, (hi, lo)):
+            ax.scatter(np.maximum(x, REGIME_EDGES[0]), y, s=3, alpha=0.08, color=color, linewidths=0)
+            if curve["centre"].size:
+                ax.plot(curve["centre"], curve[key], "o-", color=color, lw=1.6, ms=4, label=label)
+    for ax, (_, title) in zip(axes, panels):
+        ax.set_title(title, fontsize=10)
+        if not any_points:
+            figure_note(ax, "no per-step clip statistics logged (on-policy runs only?)")
+            continue
+        ax.set_xscale("log")
+        ax.set_xlim(REGIME_EDGES[0] * 0.8, REGIME_EDGES[-1])
+        ax.axvline(1.0, color="0.5", lw=0.8, ls="--")
+        ax.set_xlabel("bias / spread of the step's log-ratio")
+        ax.grid(alpha=0.3, which="both")
+    if any_points:
+        axes[0].set_ylabel("fraction of the sign's samples")
+        axes[0].legend(fontsize=8)
     return save_figure(fig, path)
 
 

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from ..world.data import labels_from_prompts
-from ..world.spectral import DECODE_SCALE, dct_matrix, image_to_modes, make_spectral_world
+from ..world.spectral import DECODE_SCALE, dct_matrix, image_to_modes, make_spectral_world, modes_at
 from .base import RewardContext
 
 __all__ = ["make_spectral_proxy", "make_spectral_attribute", "make_spectral_exploit", "make_spectral_gold"]
@@ -35,10 +35,13 @@ class _SpectralReader:
                                          mean_scale=float(params.pop("mean_scale", 1.0)))
         self.dct = dct_matrix(self.world.n).float()
 
-    def modes_labels(self, images: Tensor, prompts: list[str]) -> tuple[Tensor, Tensor]:
+    def _check_shape(self, images: Tensor) -> None:
         n = self.world.n
         if images.ndim != 4 or tuple(images.shape[1:]) != (1, n, n):
             raise ValueError(f"images: expected (B, 1, {n}, {n}) spectral-world images, got {tuple(images.shape)}")
+
+    def modes_labels(self, images: Tensor, prompts: list[str]) -> tuple[Tensor, Tensor]:
+        self._check_shape(images)
         modes = image_to_modes((images.detach().cpu().float() - 0.5) * DECODE_SCALE, self.dct)
         return modes, labels_from_prompts(list(prompts))
 
@@ -51,12 +54,14 @@ class _RouteReward(_SpectralReader):
         self.name, self.wg, self.we = name, float(genuine_weight), float(exploit_weight)
 
     def __call__(self, images: Tensor, prompts: list[str], metadata: list[dict] | None = None) -> Tensor:
-        modes, labels = self.modes_labels(images, prompts)
-        out = torch.zeros(modes.shape[0])
-        if self.wg:
-            out = out + self.wg * self.world.route(modes, labels, "genuine")
-        if self.we:
-            out = out + self.we * self.world.route(modes, labels, "exploit")
+        self._check_shape(images)
+        labels = labels_from_prompts(list(prompts))
+        centred = (images.detach().cpu().float() - 0.5) * DECODE_SCALE
+        out = torch.zeros(images.shape[0])
+        for weight, which in ((self.wg, "genuine"), (self.we, "exploit")):
+            if weight:  # only the route's 16 modes are read back
+                route_modes = modes_at(centred, self.dct, self.world.route_indices(which)[0])
+                out = out + weight * self.world.route_of_modes(route_modes, labels, which)
         return out
 
 

@@ -66,6 +66,8 @@ class EpochBatch:
 def evaluate_base(ctx: RunContext) -> None:
     """Evaluate the base model once (the normalisation of every gold metric) and write ``base_eval.json``."""
     t0 = time.perf_counter()
+    if ctx.is_main:  # it can take a while on a large model: say what is running
+        ctx.log(f"evaluating the base model ({len(ctx.prompts)} prompts x {ctx.cfg.eval.samples_per_prompt} samples)")
     try:
         base, _ = ctx.evaluate()
     except EvaluationRewardError as e:

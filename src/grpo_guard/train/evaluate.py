@@ -51,7 +51,8 @@ def evaluate_policy(backbone, cfg: RunConfig, all_prompts: PromptSet | list[str]
         local += [local[0]] * (math.ceil(len(eval_prompts) / world) - len(local))  # weights need it)
     schedule, guidance = eval_sampler(cfg, backbone)
     cond = backbone.encode_unique_prompts([eval_prompts[i] for i in local])
-    noise = per_sample_noise(cfg.seed, "eval", 0, local, schedule.num_steps + 1, backbone.latent_shape)
+    noise = per_sample_noise(cfg.seed, "eval", 0, local, schedule.num_steps + 1, backbone.latent_shape,
+                             initial_only=not any(level > 0 for level in schedule.levels()))
     velocity = lambda x, sig, c: backbone(x, sig, c, guidance)  # noqa: E731
     traj = rollout(velocity, cond, noise, schedule, batch_size=s.batch_size, device=device)
     images = backbone.decode(traj.final).float()
@@ -66,7 +67,8 @@ def evaluate_policy(backbone, cfg: RunConfig, all_prompts: PromptSet | list[str]
     images = images.cpu()
     # drift of plain image statistics (darker, flatter, collapsed samples) next to the proxy and gold
     groups = torch.arange(len(eval_prompts)) // cfg.eval.samples_per_prompt
-    res: dict = {f"imgstat/{k}": v for k, v in image_stats(images, groups).items()}
+    res: dict = ({f"imgstat/{k}": v for k, v in image_stats(images, groups).items()}
+                 if getattr(backbone, "samples_are_images", True) else {})
     proxy_vals, proxy_w = {}, {}
     for spec in cfg.rewards:
         try:

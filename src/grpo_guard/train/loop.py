@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -104,8 +105,12 @@ def run_epochs(ctx: RunContext) -> None:
     if cfg.eval.every and st.base_gold is None:
         with stopping.phase("evaluating the base model"):
             evaluate_base(ctx)
+    show = ctx.is_main and cfg.log.progress
+    # a bar on a terminal; in a log file (a scheduler's, a pipe) a plain line at most every 10 s instead
+    lines = show and not sys.stderr.isatty()
     bar = tqdm(range(st.epoch, cfg.train.epochs), initial=st.epoch, total=cfg.train.epochs, desc="epochs",
-               disable=not (ctx.is_main and cfg.log.progress), dynamic_ncols=True)
+               disable=not show or lines, dynamic_ncols=True)
+    last_line = time.monotonic()
     with stopping.deferred():
         for epoch in bar:
             t_epoch = time.perf_counter()
@@ -130,6 +135,10 @@ def run_epochs(ctx: RunContext) -> None:
             row.update(evaluate_epoch(ctx, epoch))                          # evaluation, image grids
             stop = finish_epoch(ctx, epoch, row, time.perf_counter() - t_epoch)  # monitor, metrics, checkpoints
             bar.set_postfix_str(_postfix(row))
+            if lines and (time.monotonic() - last_line >= PROGRESS_LINE_SECONDS or stop
+                          or epoch + 1 == cfg.train.epochs):
+                last_line = time.monotonic()
+                ctx.log(f"epoch {epoch + 1}/{cfg.train.epochs}: {_postfix(row)}")
             if stop:
                 break
     bar.close()
@@ -195,6 +204,10 @@ def _remove_unstarted_run(out: Path, created: bool) -> None:
             out.rmdir()
         except OSError:
             pass
+
+
+#: seconds between the plain progress lines of a run whose stderr is not a terminal
+PROGRESS_LINE_SECONDS = 10.0
 
 
 def _postfix(row: dict) -> str:

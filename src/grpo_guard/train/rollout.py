@@ -6,6 +6,7 @@ trajectories do not depend on how samples are batched or split over processes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -46,11 +47,19 @@ class Trajectory:
 
 
 def per_sample_noise(seed: int, stream: str, epoch: int, global_indices: Sequence[int], num: int,
-                     latent_shape: tuple[int, ...]) -> Tensor:
-    """(B, num, *L) standard normal noise; row i depends only on (seed, stream, epoch, global_indices[i])."""
-    rows = [torch.randn((num, *latent_shape), generator=derive_generator(seed, stream, epoch, int(i)))
-            for i in global_indices]
-    return torch.stack(rows)
+                     latent_shape: tuple[int, ...], *, initial_only: bool = False) -> Tensor:
+    """(B, num, *L) standard normal noise; row i depends only on (seed, stream, epoch, global_indices[i]).
+
+    ``initial_only``: for a sampler that uses no step noise (the ODE), draw only index 0 (the initial
+    latents, the same values as a full draw) and return the other indices as views of it. torch fills a
+    normal tensor in blocks of 16 values, so a shorter draw reproduces the full draw's first values only
+    when a latent has a multiple of 16 elements; otherwise the full draw is made.
+    """
+    draw = 1 if initial_only and math.prod(latent_shape) % 16 == 0 else num
+    out = torch.empty((len(global_indices), draw, *latent_shape))
+    for row, i in enumerate(global_indices):  # filled in place: no per-row tensors to stack
+        out[row].normal_(generator=derive_generator(seed, stream, epoch, int(i)))
+    return out if draw == num else out.expand(-1, num, *latent_shape)
 
 
 def step_subsets(seed: int, epoch: int, global_indices: Sequence[int], num_stored: int, per_sample: int) -> Tensor:
@@ -84,9 +93,11 @@ def rollout(
         batch_size: samples per velocity call.
     """
     # validate once what the step checks would re-validate at every step (one device sync each)
-    check_finite("noise", noise)
     schedule.validate()
     bsz, num_steps = noise.shape[0], schedule.num_steps
+    levels = schedule.levels()
+    for index in [0, *(k + 1 for k in range(num_steps) if levels[k] > 0)]:  # the noise the sampler uses
+        check_finite("noise", noise[:, index])
     trained = {k: j for j, k in enumerate(schedule.trained_steps)}
     x = noise[:, 0].to(device)
     # the stored tensors are kept per step (the states are the steps' own outputs, not copies) and stacked
@@ -96,7 +107,6 @@ def rollout(
     stored: dict[int, tuple[Tensor, Tensor, Tensor]] = {}  # trained position j -> (x_k, x_{k+1}, mean)
     # the whole schedule's step coefficients, made once, and each batch's conditioning once: the step loop
     # then runs only the per-step tensor work
-    levels = schedule.levels()
     table = schedule.coefficient_table(device, x.dtype)
     step_coefs = [SDECoefficients(*c) for c in zip(*(t.unbind(0) for t in table))]
     # each step's (B,) sigma and (B, *L) noise as views made once, not per step
