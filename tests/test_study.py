@@ -107,6 +107,9 @@ def test_the_regime_preset_is_a_sweep_then_the_factorial_and_every_run_config_lo
             modes.add((cfg.loss.ratio_mode, cfg.loss.step_weight))
     assert {("plain", "none"), ("plain", "inv_dt"), ("ratio_norm", "none"), ("ratio_norm", "inv_dt"),
             ("mean_revised", "none")} <= modes
+    # the factorial's effects: RatioNorm with the weight held, and the weight with RatioNorm held
+    assert {("grpo_guard", "inv_dt_reweight"), ("grpo_guard", "ratio_norm")} <= set(plan.contrasts)
+    assert all(a in plan.arms and r in plan.arms for a, r in plan.contrasts)
     for c in plan.conditions:
         lr = c.name.split("_lr")[1]
         assert load_config("flow_grpo", [*plan.world, *c.overrides]).train.lr == pytest.approx(float(lr))
@@ -123,7 +126,8 @@ def test_conditions_with_their_own_arms_and_the_clip_vs_regime_figure(tmp_path):
     tiny = PRESETS["tiny"]
     plan = StudyPlan(name="t", world=tiny.world, arms=["flow_grpo", "grpo_guard"], seeds=[0], calibrate_epochs=2,
                      conditions=[Condition("multi", []),
-                                 Condition("sweep", ["train.lr=1e-2"], arms=["flow_grpo"], seeds=[1])])
+                                 Condition("sweep", ["train.lr=1e-2"], arms=["flow_grpo"], seeds=[1])],
+                     contrasts=[("flow_grpo", "grpo_guard"), ("ratio_norm", "flow_grpo")])
     run_study(plan, tmp_path, log=lambda _: None)
     assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir() and p.name != "figures") == [
         "calibrate_flow_grpo", "flow_grpo_s1"]
@@ -139,6 +143,15 @@ def test_conditions_with_their_own_arms_and_the_clip_vs_regime_figure(tmp_path):
         assert all((a is None and b is None) or a == pytest.approx(b) for a, b in zip(per_step[stat], want))
     assert "| Flow-GRPO | clip hi A>0 | " in (tmp_path / "study.md").read_text()
     assert (tmp_path / REGIME_FIGURE).is_file()
+    # a contrast runs where the condition has both arms, on the primary gold, paired by seed
+    multi = next(c for c in doc["conditions"] if c["condition"] == "multi")
+    (contrast,) = multi["contrasts"]
+    assert (contrast["arm"], contrast["reference"], contrast["gold"]) == ("flow_grpo", "grpo_guard", "gold/attribute")
+    vs_baseline = multi["arms"]["grpo_guard"]["golds"]["gold/attribute"]["matched"]  # the same pair, the other way
+    assert contrast["matched"]["proxy_gain"] == pytest.approx(vs_baseline["proxy_gain"])
+    assert contrast["matched"]["paired_diff"]["mean"] == pytest.approx(-vs_baseline["paired_diff"]["mean"])
+    assert sweep["contrasts"] == []
+    assert "| Flow-GRPO | GRPO-Guard | true attribute g (`gold/attribute`) |" in (tmp_path / "study.md").read_text()
     # the figure's binned means, recomputed by hand from the two Flow-GRPO runs' metrics.jsonl
     points = []
     for run in (tmp_path / "multi" / "flow_grpo_s0", tmp_path / "sweep" / "flow_grpo_s1"):

@@ -79,6 +79,9 @@ class StudyPlan:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     baseline: str = "flow_grpo"
     calibrate_epochs: int = 4
+    #: extra pairwise comparisons at matched proxy, ``(arm, reference)``: the effect of one factor with the
+    #: other held (each run only where the condition has both arms)
+    contrasts: list[tuple[str, str]] = field(default_factory=list)
 
     def arms_of(self, cond: Condition) -> list[str]:
         """The arms ``cond`` runs: its own, else the plan's."""
@@ -129,6 +132,13 @@ REGIME_SWEEP = {128: ["3e-3", "1e-2", "3e-2"], 256: ["3e-3", "1e-2", "3e-2", "1e
 #: the learning rate of each D's factorial: the sweep's stable setting with bias/spread >= 1 at the late steps
 REGIME_LR = {128: "3e-2", 256: "1e-1"}
 
+#: the factorial's effects, each at matched proxy against the arm that differs in that factor alone
+REGIME_CONTRASTS = [("grpo_guard", "inv_dt_reweight"),  # RatioNorm's clipping, with the 1/|dt| weight held
+                    ("ratio_norm", "flow_grpo"),  # RatioNorm, without the weight
+                    ("grpo_guard", "ratio_norm"),  # the 1/|dt| weight, with RatioNorm held
+                    ("inv_dt_reweight", "flow_grpo"),  # the 1/|dt| weight on the plain ratio
+                    ("mean_revised", "flow_grpo")]  # the bias removed without the step-std scaling
+
 
 def _regime_cells() -> list[Condition]:
     cells = [Condition(f"sweep_D{n * n}_lr{lr}", [f"backbone.params.n={n}", f"train.lr={lr}"], arms=["flow_grpo"],
@@ -161,7 +171,8 @@ PRESETS: dict[str, StudyPlan] = {
         name="map", world=SPECTRAL_WORLD, arms=["flow_grpo", "grpo_guard"],
         conditions=[_spectral_cell(r, n, u) for r in ("multi", "single") for n in (16, 64)
                     for u in ("many", "few")]),
-    "regime": StudyPlan(name="regime", world=SPECTRAL_WORLD, arms=REGIME_ARMS, conditions=_regime_cells()),
+    "regime": StudyPlan(name="regime", world=SPECTRAL_WORLD, arms=REGIME_ARMS, conditions=_regime_cells(),
+                        contrasts=REGIME_CONTRASTS),
     # tiny: for tests (seconds per run)
     "tiny": StudyPlan(
         name="tiny", world=[*SPECTRAL_WORLD, "backbone.params.n=8", "train.epochs=4", "eval.every=1", "train.lr=3e-3",
@@ -319,8 +330,14 @@ def summarize_condition(plan: StudyPlan, cond: Condition, cdir: Path, clips: dic
             entry_golds[key] = g
         entry["golds"] = entry_golds
         arms_out[arm] = entry
+    primary = next(((metric, key) for metric, key in golds if metric.primary), golds[0] if golds else None)
+    contrasts = []
+    for arm, ref in plan.contrasts:
+        if primary and runs.get(arm) and runs.get(ref):
+            contrasts.append({"arm": arm, "reference": ref, "gold": primary[1], "label": primary[0].label,
+                              "matched": matched_gold(runs[arm], runs[ref], primary[1])})
     return {"condition": cond.name, "note": cond.note, "baseline": plan.baseline, "seeds": plan.seeds_of(cond),
-            "arms": arms_out}
+            "arms": arms_out, "contrasts": contrasts}
 
 
 #: the per-step statistics study.json and study.md give per arm (mean over epochs, then over seeds)
@@ -377,6 +394,16 @@ def format_study_markdown(doc: dict) -> str:
                     if any(v is not None for v in vals):
                         cells = ["–" if v is None else f"{v:.2f}" for v in vals] + ["–"] * (steps - len(vals))
                         lines.append(f"| {a['label']} | {label} | " + " | ".join(cells) + " |")
+        if c.get("contrasts"):
+            lines += ["", "Contrasts: one factor changed, the other held; the primary gold at the largest proxy gain "
+                      "both arms reached, paired by seed.", "",
+                      "| arm | against | gold | matched proxy gain | arm | reference | Δ (paired) |",
+                      "|---|---|---|---|---|---|---|"]
+            for k in c["contrasts"]:
+                m, label = k["matched"], lambda a: ARMS.get(a, a)
+                cols = (f"{m['proxy_gain']:.3f} | {_f(m['arm'])} | {_f(m['baseline'])} | {format_paired_diff(m)}"
+                        if m else "– | – | – | – (no common gain)")
+                lines.append(f"| {label(k['arm'])} | {label(k['reference'])} | {k['label']} (`{k['gold']}`) | {cols} |")
         lines += ["", "Golds (↑ higher is better, ↓ lower; the primary gold in bold; `gold_norm/*` and "
                   "`gold_normalized_avg` relative to the base model, the others raw): start → final, and at matched "
                   "proxy (arm vs baseline).", "",
