@@ -10,9 +10,14 @@ the evidence map) and every arm (a built-in method config):
 2. one training run per seed with that clip range, into ``DIR/<condition>/<arm>_s<seed>``;
 3. a summary per arm (``DIR/study.json`` and ``DIR/study.md``): proxy reached, every gold at matched
    proxy against the baseline arm and at the end, the monitor's hacking epoch, the raw ratio's
-   left shift per step, clip fractions by advantage sign, the gradient-norm spread across steps,
-   the regime (bias / spread at the last trained step) and the wall time; and one ``report.html``
-   per condition.
+   left shift per step, clip fractions by advantage sign (mean and per step), the gradient-norm
+   spread across steps, the regime (bias / spread, per step) and the wall time; the plan's
+   ``contrasts`` (pairs of arms compared at matched proxy on the primary gold); one ``report.html``
+   per condition; and ``DIR/clip_vs_regime.png``, clip fractions by advantage sign against
+   bias / spread for every arm over the whole study.
+
+A condition may run its own arms and seeds (a sweep cell that runs the baseline once). The runs of
+all conditions are trained together (all calibrations, then all runs), so ``--workers`` stay busy.
 
 Finished runs are skipped and interrupted ones resumed, so the command can be re-run after a stop.
 """
@@ -36,11 +41,12 @@ from .report.runs import (Method, eval_points, format_paired_diff, format_stat, 
                           read_metrics, seed_stats)
 from .train.summary import format_summary_line, summarise_run
 
+__all__ = ["ARMS", "DEFAULT_ARMS", "Condition", "StudyPlan", "PRESETS", "run_study", "calibrate_clip", "calibration_job",
+           "read_clip", "summarize_condition", "format_study_markdown", "SPECTRAL_WORLD", "DIGITS_WORLD",
+           "REGIME_FIGURE"]
+
 #: the study's figure of clip fractions by advantage sign against bias/spread, every run of every arm
 REGIME_FIGURE = "clip_vs_regime.png"
-
-__all__ = ["ARMS", "Condition", "StudyPlan", "PRESETS", "run_study", "calibrate_clip", "calibration_job", "read_clip",
-           "summarize_condition", "format_study_markdown", "SPECTRAL_WORLD", "DIGITS_WORLD"]
 
 #: arm (a built-in config) -> display label
 ARMS: dict[str, str] = {
@@ -133,7 +139,7 @@ REGIME_SWEEP = {128: ["3e-3", "1e-2", "3e-2"], 256: ["3e-3", "1e-2", "3e-2", "1e
 REGIME_LR = {128: "3e-2", 256: "1e-1"}
 
 #: the factorial's effects, each at matched proxy against the arm that differs in that factor alone
-REGIME_CONTRASTS = [("grpo_guard", "inv_dt_reweight"),  # RatioNorm's clipping, with the 1/|dt| weight held
+REGIME_CONTRASTS = [("grpo_guard", "inv_dt_reweight"),  # RatioNorm, with the 1/|dt| weight held
                     ("ratio_norm", "flow_grpo"),  # RatioNorm, without the weight
                     ("grpo_guard", "ratio_norm"),  # the 1/|dt| weight, with RatioNorm held
                     ("inv_dt_reweight", "flow_grpo"),  # the 1/|dt| weight on the plain ratio
@@ -147,7 +153,7 @@ def _regime_cells() -> list[Condition]:
     for route in ("multi", "single"):
         for n, lr in REGIME_LR.items():
             cell = _spectral_cell(route, n, "many")
-            # at D = 65,536 an evaluation of 10 x 50 samples costs about 3 epochs: 10 x 20 there
+            # at D = 65,536 an evaluation of 10 x 50 samples costs over 2 epochs: 10 x 20 there
             evals = ["eval.samples_per_prompt=20"] if n >= 256 else []
             cells.append(Condition(f"{route}-route_D{n * n}_lr{lr}", [*cell.overrides, f"train.lr={lr}", *evals],
                                    note=f"{cell.note}, lr {lr}" + (", evaluation on 10 x 20 samples" if evals else "")))
