@@ -240,7 +240,7 @@ def test_stop_while_calibrating_then_the_study_finishes(tmp_path):
     args = ["study", "--preset", "tiny", "--out", str(out), "--workers", "1", "--set", "backbone.params.n=96",
             "--set", f"cache_dir={tmp_path / 'cache'}"]
     p = _start(args)
-    _wait_for(p, "training calibrate flow_grpo")
+    _wait_for(p, "calibrate flow_grpo -> ")
     time.sleep(0.5)
     rc, seconds, rest = _stop(p, signal.SIGTERM)
     assert rc == 143 and seconds < 5, rest
