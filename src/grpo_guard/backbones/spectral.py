@@ -115,7 +115,9 @@ class SpectralBackbone(Backbone):
             offset = offset - corr
         if pairs.shape[0] == 1:
             return coef_x * latents - offset
-        return coef_x[row_pair] * latents - offset[row_pair]
+        # index_select, whose backward adds each row's gradient into its pair in a fixed order (the same
+        # result in every process, unlike an indexing assignment's accumulation)
+        return coef_x.index_select(0, row_pair) * latents - offset.index_select(0, row_pair)
 
     # -- images ----------------------------------------------------------------------------------
     def decode(self, latents: Tensor) -> Tensor:
