@@ -295,9 +295,11 @@ def test_stop_a_two_worker_demo_leaves_no_orphan_and_resume_finishes_it(tmp_path
     args = ["demo", "--quick", "--epochs", "60", "--workers", "2", "--out", str(out), "--set",
             f"cache_dir={tmp_path / 'cache'}", "--set", "log.progress=false"]
     p = _start(args, start_new_session=True)
-    first = out / "runs" / "flow_grpo_s0" / "metrics.jsonl"
+    # both workers' first runs under way (on a busy machine the second can start well after the first)
+    firsts = [out / "runs" / run / "metrics.jsonl" for run in ("flow_grpo_s0", "flow_grpo_s1")]
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not (first.is_file() and len(first.read_text().splitlines()) >= 2):
+    while time.monotonic() < deadline and not all(f.is_file() and len(f.read_text().splitlines()) >= 2
+                                                  for f in firsts):
         time.sleep(0.1)
     workers = _children(p.pid)
     assert len([w for w in workers if _alive(w)]) >= 2
