@@ -136,6 +136,15 @@ def _stop_pool(futures: dict, pending: set, log, prefix: str) -> None:
     raise stopping.StopRequested(signum, f"training {len(futures)} runs (the runs in flight checkpointed)")
 
 
+def _progress_line(prefix: str, jobs: list[tuple[RunJob, int]], all_running: bool = False) -> str:
+    """One progress line for ``(job, epochs)`` pairs: the epochs logged by each run that has started (every
+    one with ``all_running``), then how many are waiting."""
+    started = [(j, e) for j, e in jobs if all_running or (j.run_dir / "metrics.jsonl").is_file()]
+    waiting = len(jobs) - len(started)
+    return (f"{prefix} progress (epochs): " + ", ".join(f"{j.name} {_epochs_done(j.run_dir)}/{e}" for j, e in started)
+            + (f"{'; ' if started else ''}{waiting} run(s) waiting" if waiting else ""))
+
+
 @contextmanager
 def _progress_lines(job: RunJob, epochs: int, log: Callable[[str], None], prefix: str, every: float) -> Iterator[None]:
     """While the block trains ``job`` in this process: a progress line every ``every`` seconds from a
@@ -147,7 +156,7 @@ def _progress_lines(job: RunJob, epochs: int, log: Callable[[str], None], prefix
 
     def report() -> None:
         while not done.wait(every):
-            log(f"{prefix} progress (epochs): {job.name} {_epochs_done(job.run_dir)}/{epochs}")
+            log(_progress_line(prefix, [(job, epochs)], all_running=True))
 
     thread = threading.Thread(target=report, name="progress", daemon=True)
     thread.start()
@@ -215,9 +224,5 @@ running ones checkpoint and stop, and then :class:`~grpo_guard.stopping.StopRequ
             if pending and time.monotonic() - last_progress >= progress_every:
                 last_progress = time.monotonic()
                 left = sorted((futures[f] for f in pending), key=lambda je: str(je[0].run_dir))
-                started = [(j, e) for j, e in left if (j.run_dir / "metrics.jsonl").is_file()]
-                waiting = len(left) - len(started)
-                log(f"{prefix} progress (epochs): " + ", ".join(f"{j.name} {_epochs_done(j.run_dir)}/{e}"
-                                                                for j, e in started)
-                    + (f"{'; ' if started else ''}{waiting} run(s) waiting" if waiting else ""))
+                log(_progress_line(prefix, left))
     return seconds

@@ -41,8 +41,8 @@ from .report.runs import (Method, eval_points, format_paired_diff, format_stat, 
                           read_metrics, seed_stats)
 from .train.summary import format_summary_line, summarise_run
 
-__all__ = ["ARMS", "DEFAULT_ARMS", "Condition", "StudyPlan", "PRESETS", "run_study", "calibrate_clip", "calibration_job",
-           "read_clip", "summarize_condition", "format_study_markdown", "SPECTRAL_WORLD", "DIGITS_WORLD",
+__all__ = ["ARMS", "DEFAULT_ARMS", "Condition", "StudyPlan", "PRESETS", "run_study", "calibrate_clip",
+           "calibration_job", "read_clip", "summarize_condition", "format_study_markdown", "SPECTRAL_WORLD", "DIGITS_WORLD",
            "REGIME_FIGURE"]
 
 #: the study's figure of clip fractions by advantage sign against bias/spread, every run of every arm
@@ -321,7 +321,8 @@ def summarize_condition(plan: StudyPlan, cond: Condition, cdir: Path, clips: dic
         entry["clip_low_neg"] = seed_stats([r.mean_step_stat("clip_low_neg") for r in rs])
         entry["per_step"] = {stat: _seed_mean_profile(rs, stat) for stat in PER_STEP_STATS}
         prof = [r.step_profile("raw_ratio_mean")[1] for r in rs]
-        entry["raw_ratio_mean_minus_1_per_step"] = (np.nanmean(np.stack(prof), axis=0) - 1).tolist() if prof else []
+        entry["raw_ratio_mean_minus_1_per_step"] = [None if v is None else v - 1
+                                                    for v in _seed_mean_profile(rs, "raw_ratio_mean")]
         entry["frac_steps_raw_ratio_below_1"] = seed_stats([float(np.mean(p[np.isfinite(p)] < 1)) for p in prof
                                                             if np.isfinite(p).any()])
         entry["bias_over_spread_last_step"] = seed_stats([r.last_step_stat("bias_over_spread") for r in rs])

@@ -40,10 +40,13 @@ class _SpectralReader:
         if images.ndim != 4 or tuple(images.shape[1:]) != (1, n, n):
             raise ValueError(f"images: expected (B, 1, {n}, {n}) spectral-world images, got {tuple(images.shape)}")
 
-    def modes_labels(self, images: Tensor, prompts: list[str]) -> tuple[Tensor, Tensor]:
+    def centred(self, images: Tensor) -> Tensor:
+        """The backbone's decoding undone up to the DCT: ``(images - 0.5) * DECODE_SCALE``, float32 on CPU."""
         self._check_shape(images)
-        modes = image_to_modes((images.detach().cpu().float() - 0.5) * DECODE_SCALE, self.dct)
-        return modes, labels_from_prompts(list(prompts))
+        return (images.detach().cpu().float() - 0.5) * DECODE_SCALE
+
+    def modes_labels(self, images: Tensor, prompts: list[str]) -> tuple[Tensor, Tensor]:
+        return image_to_modes(self.centred(images), self.dct), labels_from_prompts(list(prompts))
 
 
 class _RouteReward(_SpectralReader):
@@ -54,9 +57,7 @@ class _RouteReward(_SpectralReader):
         self.name, self.wg, self.we = name, float(genuine_weight), float(exploit_weight)
 
     def __call__(self, images: Tensor, prompts: list[str], metadata: list[dict] | None = None) -> Tensor:
-        self._check_shape(images)
-        labels = labels_from_prompts(list(prompts))
-        centred = (images.detach().cpu().float() - 0.5) * DECODE_SCALE
+        centred, labels = self.centred(images), labels_from_prompts(list(prompts))
         out = torch.zeros(images.shape[0])
         for weight, which in ((self.wg, "genuine"), (self.we, "exploit")):
             if weight:  # only the route's 16 modes are read back

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["SpectralWorld", "make_spectral_world", "dct_matrix", "modes_to_image", "image_to_modes", "modes_at", "DECODE_SCALE"]
+__all__ = ["SpectralWorld", "make_spectral_world", "dct_matrix", "modes_to_image", "image_to_modes", "modes_at",
+           "DECODE_SCALE"]
 
 #: the spectral world's images: decoded image = 0.5 + image / DECODE_SCALE (the backbone decodes its modes so,
 #: the rewards read the images back so)
