@@ -359,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Calibrates each arm's clip range on its own ratio spread, trains every arm for "
                                    "every condition and seed, and writes OUT/study.md, OUT/study.json and a "
                                    "report per condition. Re-running finishes an interrupted study.")
-    p.add_argument("--preset", required=True, help="digits, spectral, map, regime or tiny (see docs/results.md)")
+    p.add_argument("--preset", required=True, help="digits, spectral, map, regime, text or tiny (see docs/results.md)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--arms", default=None, help="comma-separated subset of the preset's arms")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the preset's, 0,1,2)")

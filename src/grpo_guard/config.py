@@ -9,6 +9,7 @@ written next to every run's outputs (``config.yaml``) and is what ``--resume`` r
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import types
 import typing
@@ -23,7 +24,7 @@ __all__ = [
     "ConfigError", "BackboneConfig", "PromptConfig", "SampleConfig", "LossConfig", "TrainConfig",
     "RewardSpec", "EvalConfig", "MonitorConfig", "LogConfig", "RunConfig", "CONFIG_DIR",
     "available_configs", "load_config", "config_to_dict", "config_from_dict", "apply_overrides",
-    "dump_config",
+    "dump_config", "config_file_overrides", "PROMPT_SOURCES",
 ]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -41,9 +42,14 @@ class BackboneConfig:
     params: dict[str, Any] = field(default_factory=dict)
 
 
+#: the prompt sources (:mod:`grpo_guard.prompts`)
+PROMPT_SOURCES = ("digits", "text", "file", "jsonl")
+
+
 @dataclass
 class PromptConfig:
-    """Where prompts come from: ``digits`` (the toy world's "a handwritten 7"), ``file`` (one per line) or
+    """Where prompts come from: ``digits`` (the toy world's "a handwritten 7"), ``text`` (the text world's
+    ``render the text "abc"``), ``file`` (one per line) or
     ``jsonl`` (one JSON object per line: ``prompt`` and that prompt's metadata; :mod:`grpo_guard.prompts`)."""
 
     source: str = "digits"
@@ -255,7 +261,7 @@ class RunConfig:
             need(math.isfinite(r.weight), f"rewards[{i}].weight", "must be finite")
         need(any(r.role == "proxy" for r in self.rewards), "rewards", "at least one reward must have role 'proxy'")
         need(len({r.name for r in self.rewards}) == len(self.rewards), "rewards", "reward names must be unique")
-        need(self.prompts.source in ("digits", "file", "jsonl"), "prompts.source", "must be 'digits', 'file' or 'jsonl'")
+        need(self.prompts.source in PROMPT_SOURCES, "prompts.source", f"must be one of {', '.join(PROMPT_SOURCES)}")
         if self.prompts.source in ("file", "jsonl") and check_files:
             need(bool(self.prompts.path), "prompts.path", f"required when prompts.source is '{self.prompts.source}'")
             need(Path(self.prompts.path).expanduser().is_file(), "prompts.path", f"no such file: {self.prompts.path}")
@@ -407,6 +413,24 @@ def _read_yaml(name_or_path: str, seen: tuple[str, ...] = ()) -> dict:
             raise ConfigError(f"inherit: cycle through {parent!r}")
         merged = _deep_merge(merged, _read_yaml(str(parent), seen + (str(parent),)))
     return _deep_merge(merged, data)
+
+
+#: sections a world file sets whole (their keys differ from world to world)
+_WHOLE_SECTIONS = ("backbone", "prompts")
+
+
+def config_file_overrides(name_or_path: str) -> list[str]:
+    """A config file's settings (its parents merged in) as ``--set`` overrides, so that a world file can be
+    laid over any method config: the sections of :data:`_WHOLE_SECTIONS` and every list (e.g. ``rewards``)
+    are replaced whole, the other sections key by key. Values are written as JSON (which YAML reads back)."""
+    data = _read_yaml(name_or_path)
+    out = []
+    for section, value in data.items():
+        if isinstance(value, dict) and section not in _WHOLE_SECTIONS:
+            out += [f"{section}.{key}={json.dumps(v)}" for key, v in value.items()]
+        else:
+            out.append(f"{section}={json.dumps(value)}")
+    return out
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:

@@ -89,8 +89,9 @@ def build_world_cache(cfg, name: str, log: Callable[[str], None] = print) -> Non
     of each building them."""
     cache, dev = Path(cfg.cache_dir).expanduser(), torch.device("cpu")
     t0 = time.perf_counter()
-    bb = build_backbone(cfg.backbone.name, cfg.backbone.params, BackboneContext(cache, dev, cfg.seed, verbose=False))
-    rctx = RewardContext(cache, dev, cfg.seed, getattr(bb, "image_size", None), verbose=False)
+    bb = build_backbone(cfg.backbone.name, cfg.backbone.params,
+                        BackboneContext(cache, dev, cfg.seed, verbose=False, log=log))
+    rctx = RewardContext(cache, dev, cfg.seed, getattr(bb, "image_size", None), verbose=False, log=log)
     for spec in cfg.rewards:
         build_reward(spec.name, spec.params, rctx)
     if cfg.eval.evaluator:

@@ -3,6 +3,8 @@
 Sources (``prompts.source``):
 
 * ``digits``: the toy world's "a handwritten 0" .. "a handwritten 9" (metadata ``{"label": d}``);
+* ``text``: the text world's fixed strings, ``render the text "abc"`` (metadata ``{"text": "abc"}``;
+  :func:`grpo_guard.world.text_render.text_prompt_set`);
 * ``file``: one prompt per non-empty line of a UTF-8 text file (no metadata);
 * ``jsonl``: one JSON object per line with a ``prompt`` string; every other field is that prompt's
   metadata, handed to the rewards with it. This is the layout of GenEval's ``evaluation_metadata.jsonl``
@@ -18,12 +20,12 @@ from pathlib import Path
 
 import torch
 
+from .config import PROMPT_SOURCES
 from .seeding import derive_generator
 from .world.data import NUM_CLASSES, prompt_for_label
 
 __all__ = ["PromptSet", "PROMPT_SOURCES", "load_prompt_set", "read_prompt_jsonl", "draw_epoch_indices"]
 
-PROMPT_SOURCES = ("digits", "file", "jsonl")
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,11 @@ def load_prompt_set(source: str, path: str | None = None) -> PromptSet:
     """All prompts of a source, with their metadata (see the module docstring)."""
     if source == "digits":
         return PromptSet([prompt_for_label(d) for d in range(NUM_CLASSES)], [{"label": d} for d in range(NUM_CLASSES)])
+    if source == "text":
+        from .world.text_render import text_prompt, text_prompt_set
+
+        strings = text_prompt_set()
+        return PromptSet([text_prompt(t) for t in strings], [{"text": t} for t in strings])
     if source == "file":
         p, text = _read_text(path, source)
         prompts = [ln.strip() for ln in text.splitlines() if ln.strip()]

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import config_file_overrides
 from .parallel import RunJob, run_jobs
 from .report import build_report
 from .report.figures import fig_clip_vs_regime
@@ -42,7 +43,7 @@ from .report.runs import (Method, eval_points, format_paired_diff, format_stat, 
 from .train.summary import format_summary_line, summarise_run
 
 __all__ = ["ARMS", "DEFAULT_ARMS", "Condition", "StudyPlan", "PRESETS", "run_study", "calibrate_clip",
-           "calibration_job", "read_clip", "summarize_condition", "format_study_markdown", "SPECTRAL_WORLD", "DIGITS_WORLD",
+           "calibration_job", "read_clip", "summarize_condition", "format_study_markdown", "SPECTRAL_WORLD", "DIGITS_WORLD", "TEXT_WORLD",
            "REGIME_FIGURE"]
 
 #: the study's figure of clip fractions by advantage sign against bias/spread, every run of every arm
@@ -120,6 +121,10 @@ SPECTRAL_WORLD = [
 ]
 
 
+#: the text world (docs/text_world.md): the real OCR engine as the proxy, golds it does not see
+TEXT_WORLD = config_file_overrides("_text_world")
+
+
 def _spectral_cell(route: str, n: int, updates: str) -> Condition:
     ov = [f"backbone.params.n={n}"]
     if route == "single":
@@ -179,6 +184,9 @@ PRESETS: dict[str, StudyPlan] = {
                     for u in ("many", "few")]),
     "regime": StudyPlan(name="regime", world=SPECTRAL_WORLD, arms=REGIME_ARMS, conditions=_regime_cells(),
                         contrasts=REGIME_CONTRASTS),
+    "text": StudyPlan(
+        name="text", world=TEXT_WORLD, arms=["flow_grpo", "grpo_guard"],
+        conditions=[Condition("ocr", [], note="OCR proxy (PP-OCRv4 recognition through RapidOCR)")]),
     # tiny: for tests (seconds per run)
     "tiny": StudyPlan(
         name="tiny", world=[*SPECTRAL_WORLD, "backbone.params.n=8", "train.epochs=4", "eval.every=1", "train.lr=3e-3",

@@ -54,16 +54,25 @@ class ToyBackbone(Backbone):
         super().__init__()
         if not isinstance(state, GeneratorState):
             raise ValueError(f"state: expected a GeneratorState, got {type(state).__name__}")
+        self.config: GeneratorConfig = state.config
+        self.latent_shape = tuple(state.config.latent_shape)
+        self.image_size = state.config.resolution  # decoded images are (B, 1, image_size, image_size)
+        self._attach(state.text_encoder, state.net, lora_rank, lora_alpha,
+                     list(lora_targets) if lora_targets is not None else list(LORA_TARGETS[self.config.net]),
+                     self.config.seed, f"the {self.config.net} net")
+
+    def _attach(self, text_encoder: nn.Module, net: nn.Module, lora_rank: int | None, lora_alpha: float | None,
+                targets: list[str], seed: int, what: str) -> None:
+        """Deep-copy the pretrained ``text_encoder`` (frozen) and ``net``, then make the net trainable: LoRA of
+        rank ``lora_rank`` on ``targets`` (B zero, so the adapted model starts equal to the base; A drawn from
+        ``seed + 1``), or all its weights with a frozen copy as the reference (``lora_rank`` None)."""
         if lora_rank is not None and (isinstance(lora_rank, bool) or not isinstance(lora_rank, int) or lora_rank < 1):
             raise ValueError(f"lora_rank: expected None or an int >= 1, got {lora_rank!r}")
         if lora_alpha is not None and not lora_alpha > 0:
             raise ValueError(f"lora_alpha: must be > 0, got {lora_alpha}")
-        self.config: GeneratorConfig = state.config
-        self.latent_shape = tuple(state.config.latent_shape)
-        self.image_size = state.config.resolution  # decoded images are (B, 1, image_size, image_size)
-        self.text_encoder = copy.deepcopy(state.text_encoder).eval()
+        self.text_encoder = copy.deepcopy(text_encoder).eval()
         self.text_encoder.requires_grad_(False)
-        self.net = copy.deepcopy(state.net).eval()
+        self.net = copy.deepcopy(net).eval()
         self.lora_rank = lora_rank
         self._null_cache: tuple[Tensor, Tensor] | None = None
         if lora_rank is None:
@@ -73,21 +82,20 @@ class ToyBackbone(Backbone):
         else:
             from peft import LoraConfig, inject_adapter_in_model
 
-            targets = list(lora_targets) if lora_targets is not None else list(LORA_TARGETS[self.config.net])
             lcfg = LoraConfig(r=lora_rank, lora_alpha=float(lora_alpha if lora_alpha is not None else lora_rank),
                               target_modules=targets, lora_dropout=0.0, init_lora_weights=True)
             self.net.requires_grad_(False)
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.config.seed + 1)
+                torch.manual_seed(seed + 1)
                 try:
                     if isinstance(self.net, SD3Velocity):
                         self.net.transformer.add_adapter(lcfg)
                     else:
                         inject_adapter_in_model(lcfg, self.net)
                 except ValueError as err:
-                    raise ValueError(f"lora_targets: {targets} do not fit the {self.config.net} net ({err})") from err
+                    raise ValueError(f"lora_targets: {targets} do not fit {what} ({err})") from err
             if not _tuner_layers(self.net):
-                raise ValueError(f"lora_targets: none of {targets} matched a module of the {self.config.net} net")
+                raise ValueError(f"lora_targets: none of {targets} matched a module of {what}")
             for name, p in self.net.named_parameters():
                 p.requires_grad_("lora_" in name)
             self.reference_net = None

@@ -545,7 +545,8 @@ def _load_thumbnail(path: Path, max_side: int = 720) -> np.ndarray:
 
 def fig_image_strip(method: Method, path: str | Path, count: int = 5) -> Path:
     """A strip of the first seed's evaluation image grids (rows = prompts) at a few epochs. File
-    ``epoch_NNNN.png`` was saved after NNNN epochs, i.e. at metrics epoch NNNN - 1."""
+    ``epoch_NNNN.png`` was saved after NNNN epochs, i.e. at metrics epoch NNNN - 1 (``epoch_0000.png``: the base
+    model)."""
     run = method.first
     picks = pick_images(run, count)
     n = max(len(picks), 1)
@@ -562,7 +563,7 @@ def fig_image_strip(method: Method, path: str | Path, count: int = 5) -> Path:
             figure_note(ax, f"{f.name}: unreadable ({type(e).__name__})")
             continue
         ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255, interpolation="antialiased")
-        ax.set_title(f"epoch {num - 1}", fontsize=9)
+        ax.set_title("base model" if num == 0 else f"epoch {num - 1}", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
     return save_figure(fig, path, dpi=IMAGE_DPI)

@@ -29,6 +29,7 @@ REWARDS: dict[str, str] = {
 EVALUATORS: dict[str, str] = {
     "toy_gold": "grpo_guard.rewards.toy:make_gold_evaluator",
     "spectral_gold": "grpo_guard.rewards.spectral:make_spectral_gold",
+    "text_gold": "grpo_guard.rewards.text:make_text_gold",
 }
 
 

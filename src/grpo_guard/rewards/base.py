@@ -14,6 +14,7 @@ reward or evaluator object; :mod:`grpo_guard.golds` lists them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -33,6 +34,8 @@ class RewardContext:
     seed: int = 0
     image_size: int | None = None
     verbose: bool = False  # print progress while training or loading reward models
+    # where a reward model in training says how far it is, even when not verbose (None: print, when verbose)
+    log: Callable[[str], None] | None = None
 
 
 class Reward(Protocol):

@@ -69,9 +69,11 @@ def evaluate_base(ctx: RunContext) -> None:
     if ctx.is_main:  # it can take a while on a large model: say what is running
         ctx.log(f"evaluating the base model ({len(ctx.prompts)} prompts x {ctx.cfg.eval.samples_per_prompt} samples)")
     try:
-        base, _ = ctx.evaluate()
+        base, images = ctx.evaluate()
     except EvaluationRewardError as e:
         raise TrainingStopped(f"the base model's evaluation failed before training ({e})") from None
+    if ctx.is_main and ctx.cfg.log.image_every:  # the base model's grid: the same prompts and noise as every later one
+        save_eval_grid(ctx, images, 0)
     st = ctx.state
     st.base_gold = {k: v for k, v in base.items()
                     if k.startswith("gold/") or k in {f"eval/{n}_mean" for n in ctx.gold_rewards}}
@@ -340,11 +342,17 @@ def evaluate_epoch(ctx: RunContext, epoch: int) -> dict:
     every = cfg.log.image_every
     if res is not None and ctx.is_main and every and (epoch + 1 - ctx.last_grid >= every or last):
         ctx.last_grid = epoch + 1
-        per = cfg.eval.samples_per_prompt
-        pick = torch.cat([torch.arange(i * per, i * per + min(per, 8)) for i in range(len(ctx.prompts))])
-        save_image_grid(images[pick], ctx.out / "images" / f"epoch_{epoch + 1:04d}.png", nrow=min(per, 8))
-        ctx.trackers.image("images/eval", images[pick], min(per, 8), epoch)
+        save_eval_grid(ctx, images, epoch + 1)
     return row
+
+
+def save_eval_grid(ctx: RunContext, images, epochs_done: int) -> None:
+    """The evaluation images (up to 8 per prompt; rows = prompts) as ``images/epoch_NNNN.png`` after
+    ``epochs_done`` epochs (0: the base model) and to the trackers."""
+    per = ctx.cfg.eval.samples_per_prompt
+    pick = torch.cat([torch.arange(i * per, i * per + min(per, 8)) for i in range(len(ctx.prompts))])
+    save_image_grid(images[pick], ctx.out / "images" / f"epoch_{epochs_done:04d}.png", nrow=min(per, 8))
+    ctx.trackers.image("images/eval", images[pick], min(per, 8), max(epochs_done - 1, 0))
 
 
 def finish_epoch(ctx: RunContext, epoch: int, row: dict, epoch_seconds: float) -> bool:

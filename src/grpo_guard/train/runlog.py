@@ -92,7 +92,7 @@ def save_image_grid(images: torch.Tensor, path: Path, nrow: int, labels: list[st
     h, c = images.shape[2], images.shape[1]
     arr = image_grid(images, nrow)
     img = Image.fromarray(arr[:, :, 0] if c == 1 else arr)
-    scale = max(1, 256 // max(h, 1))
+    scale = max(1, 256 // max(h, images.shape[3], 1))
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
     path = Path(path)
