@@ -2,6 +2,7 @@
 cache, the backbone, the OCR proxy's batched recognition and character filter, the golds, and the real engine
 reading the world's clean renders."""
 
+import json
 import random
 
 import numpy as np
@@ -99,7 +100,8 @@ def test_pretraining_is_cached_and_reloaded(tmp_path):
     config = TextGeneratorConfig(**{**TINY, "channels": (8, 8, 8)})
     lines = []
     state = pretrain_text_generator(config, tmp_path, log=lines.append, log_every=0.0)
-    assert not state.from_cache and len(lines) == config.steps and "step 3/3" in lines[-1]
+    assert not state.from_cache and len(lines) == 1 + config.steps and "step 3/3" in lines[-1]
+    assert lines[0] == f"the 16 x 32 generator, 3 steps (cached in {tmp_path} at the end)"
     again = pretrain_text_generator(config, tmp_path)
     assert again.from_cache
     for a, b in zip(state.net.state_dict().values(), again.net.state_dict().values()):
@@ -214,12 +216,14 @@ def test_text_gold_on_clean_renders_and_on_noise(tmp_path):
         build_evaluator("text_gold", {"reader": {"stpes": 2}}, _ctx(tmp_path))
 
 
+@pytest.mark.slow
 def test_reader_learns_clean_renders(tmp_path):
-    """The second reading's recogniser, trained briefly on clean renders of 1-2 letters, reads most of them."""
-    config = ReaderConfig(min_len=1, max_len=2, steps=150, pool_size=512, channels=32, seed=1)
+    """The second reading's recogniser, trained for a third of its steps (500, about 45 s), reads most clean
+    renders of 1-5 letters exactly (0.80 measured)."""
+    config = ReaderConfig(steps=500, pool_size=2000, seed=1)
     reader = train_text_reader(config, tmp_path)
     rng = random.Random(7)
-    strings = random_strings(64, rng, 1, 2)
+    strings = random_strings(64, rng, 1, 5)
     reads = reader.read(render_batch(strings, 16, 64, [clean_style(rng) for _ in strings]))
     assert np.mean([r == s for r, s in zip(reads, strings)]) >= 0.6
     again = train_text_reader(config, tmp_path)  # from the cache
@@ -245,7 +249,7 @@ def test_a_study_shows_the_pretraining_progress_of_the_text_world(tmp_path):
     reader's progress lines to the study's log."""
     from grpo_guard.parallel import build_world_cache
 
-    cfg = load_config("text_flow_grpo", [f"cache_dir={tmp_path}", f"backbone.params={TINY}",
+    cfg = load_config("text_flow_grpo", [f"cache_dir={tmp_path}", f"backbone.params={json.dumps(TINY)}",
                                           "eval.evaluator_params={reader: {steps: 2, pool_size: 8}}"])
     lines = []
     build_world_cache(cfg, "tiny", log=lines.append)
@@ -254,3 +258,28 @@ def test_a_study_shows_the_pretraining_progress_of_the_text_world(tmp_path):
     lines.clear()
     build_world_cache(cfg, "tiny", log=lines.append)  # cached: nothing to say
     assert not any("pretraining step 1/" in ln or "reader step" in ln for ln in lines), lines
+
+
+def test_a_tiny_text_world_run_end_to_end(tmp_path):
+    """`train` on a tiny text world with the real engine as the proxy: the base model's grid and the later ones
+    are saved, every gold is logged at every evaluation, and golds.json names fidelity the primary gold."""
+    from grpo_guard.train.loop import train
+
+    cfg = load_config("text_grpo_guard", [
+        f"cache_dir={tmp_path / 'cache'}",
+        f"backbone.params={json.dumps(dict(TINY, width=64, max_len=5, lora_rank=None))}",
+        "eval.evaluator_params={reader: {steps: 2, pool_size: 8}}", "train.epochs=2", "eval.every=1",
+        "log.image_every=1", "sample.prompts_per_epoch=2", "sample.group_size=4", "sample.batch_size=8",
+        "eval.samples_per_prompt=2", "log.progress=false"])
+    train(cfg, tmp_path / "run", log=lambda *_: None)
+    run = tmp_path / "run"
+    assert sorted(p.name for p in (run / "images").iterdir()) == ["epoch_0000.png", "epoch_0001.png", "epoch_0002.png"]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for key in ("eval/proxy_reward_mean", "gold/fidelity", "gold/second_reading", "gold/speckle", "gold/diversity"):
+        assert all(key in r for r in rows), key
+    assert json.loads((run / "golds.json").read_text())["metrics"][0]["key"] == "gold/fidelity"
+    from grpo_guard.report import build_report
+
+    build_report([run], tmp_path / "report")
+    assert (tmp_path / "report" / "figures" / "grid_comparison.png").is_file()
+    assert "same prompts and noise" in (tmp_path / "report" / "report.html").read_text()

@@ -75,9 +75,6 @@ def make_text_backbone(params: dict, ctx) -> TextBackbone:
     config = TextGeneratorConfig(**params)
     cache_dir = Path(options.get("cache_dir") or Path(ctx.cache_dir).expanduser() / "text")
     log = getattr(ctx, "log", None) or (_print if getattr(ctx, "verbose", False) else None)
-    if log is not None:
-        log(f"text backbone: {config.height} x {config.width} px, {config.steps} pretraining steps "
-            f"(cached in {cache_dir})")
     state = pretrain_text_generator(config, cache_dir,
                                     log=(lambda m: log(f"text backbone: pretraining {m}")) if log else None)
     return TextBackbone(state, lora_rank=options.get("lora_rank", 8), lora_alpha=options.get("lora_alpha"),

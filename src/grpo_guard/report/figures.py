@@ -569,6 +569,34 @@ def fig_image_strip(method: Method, path: str | Path, count: int = 5) -> Path:
     return save_figure(fig, path, dpi=IMAGE_DPI)
 
 
+def fig_grid_comparison(methods: list[Method], path: str | Path) -> Path:
+    """The base model's evaluation grid next to each method's last one, side by side: the first seed of each
+    method, so that runs with the same seed show the same prompts and noise (the base grid is the first
+    method's ``epoch_0000.png``)."""
+    base = next((f for m in methods for num, f in m.first.images if num == 0), None)
+    panels = ([("base model", base)] if base is not None else []) + [
+        (f"{m.label}, epoch {m.first.images[-1][0] - 1} (seed {m.first.seed})", m.first.images[-1][1])
+        for m in methods if m.first.images and m.first.images[-1][0] > 0]
+    n = max(len(panels), 1)
+    fig = new_figure(min(3.6 * n, 17), 6.5)
+    axes = fig.subplots(1, n, squeeze=False).ravel()
+    for ax, (title, f) in zip(axes, panels):
+        try:
+            img = _load_thumbnail(f)
+        except Exception as e:  # a corrupt PNG must not stop the report
+            figure_note(ax, f"{f.name}: unreadable ({type(e).__name__})")
+            continue
+        ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255, interpolation="antialiased")
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return save_figure(fig, path, dpi=IMAGE_DPI)
+
+
+def _has_base_grid(methods: list[Method]) -> bool:
+    return any(num == 0 for m in methods for num, _ in m.first.images)
+
+
 # ---- all -------------------------------------------------------------------------------------------------
 
 def _has_step_stat(methods: list[Method], stat: str) -> bool:
@@ -599,6 +627,8 @@ FIGURES: dict[str, tuple[Callable, str, Callable[[list[Method]], bool]]] = {
                            lambda ms: _has_step_stat(ms, "grad_norm_step")),
     "regime": (fig_regime, "Regime per step: bias over spread and drift",
                lambda ms: _has_step_stat(ms, "bias_over_spread")),
+    "grid_comparison": (fig_grid_comparison, "The base model and each method at the end, same prompts and noise",
+                        _has_base_grid),
 }
 
 

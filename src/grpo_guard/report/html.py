@@ -24,6 +24,8 @@ __all__ = ["build_report", "MethodSummary", "summarize_method", "render_html", "
            "matched_comparisons"]
 
 _CAPTIONS = {
+    "grid_comparison": "Evaluation-set grids (rows = prompts; up to 8 samples each): the base model's, then each "
+                       "method's last one, from the first seed of each method, so the same prompts and initial noise.",
     "training_curves": "Mean over seeds (line) and min-max over seeds (band) against epoch. Top: the proxy "
                        "reward the policy is trained on (training batch and fixed evaluation set). Then each gold "
                        "metric, once: relative to the base model (dashed line at 1, higher is better) where that "

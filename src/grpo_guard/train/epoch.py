@@ -348,11 +348,13 @@ def evaluate_epoch(ctx: RunContext, epoch: int) -> dict:
 
 def save_eval_grid(ctx: RunContext, images, epochs_done: int) -> None:
     """The evaluation images (up to 8 per prompt; rows = prompts) as ``images/epoch_NNNN.png`` after
-    ``epochs_done`` epochs (0: the base model) and to the trackers."""
+    ``epochs_done`` epochs (0: the base model, which the trackers do not get: their step 0 is epoch 0's)
+    and, after an epoch, to the trackers at that epoch's step."""
     per = ctx.cfg.eval.samples_per_prompt
     pick = torch.cat([torch.arange(i * per, i * per + min(per, 8)) for i in range(len(ctx.prompts))])
     save_image_grid(images[pick], ctx.out / "images" / f"epoch_{epochs_done:04d}.png", nrow=min(per, 8))
-    ctx.trackers.image("images/eval", images[pick], min(per, 8), max(epochs_done - 1, 0))
+    if epochs_done:
+        ctx.trackers.image("images/eval", images[pick], min(per, 8), epochs_done - 1)
 
 
 def finish_epoch(ctx: RunContext, epoch: int, row: dict, epoch_seconds: float) -> bool:

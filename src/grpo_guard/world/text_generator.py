@@ -162,6 +162,9 @@ def pretrain_text_generator(config: TextGeneratorConfig, cache_dir: str | Path |
         state = _load(_stem(cache_dir, config))
         if state is not None:
             return state
+    if log is not None:
+        log(f"the {config.height} x {config.width} generator, {config.steps} steps"
+            + (f" (cached in {cache_dir} at the end)" if cache_dir is not None else ""))
     text, net = build_text_networks(config)
     text.train()
     net.train()

@@ -118,6 +118,8 @@ def train_text_reader(config: ReaderConfig = ReaderConfig(), cache_dir: str | Pa
             model = TextReader(config)
             model.load_state_dict(entry[0], strict=True)
             return model.eval().requires_grad_(False)
+    if log is not None:
+        log(f"{config.steps} steps on clean renders" + (f" (cached in {cache_dir} at the end)" if stem else ""))
     with seeded_rng(config.seed):
         model = TextReader(config)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-4)
