@@ -194,18 +194,9 @@ class OcrReward:
     def __call__(self, images: Tensor, prompts: list[str], metadata: list[dict] | None = None) -> Tensor:
         prompts = check_reward_inputs(self.name, images, prompts)
         metadata = list(metadata) if metadata is not None else [{} for _ in prompts]
-        rgb = (images.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
-        rgb = rgb.expand(-1, 3, -1, -1) if rgb.shape[1] == 1 else rgb
-        arrays = [img.permute(1, 2, 0).contiguous().numpy() for img in rgb]
-        if self.batched:
-            found = [[line] for line in self.engine(arrays)]
-        else:
-            found = [self.engine(a) for a in arrays]
-        out = []
-        for lines, prompt, meta in zip(found, prompts, metadata):
-            text = self.keep("".join(t for t, c in lines if c > self.min_confidence))
-            out.append(ocr_text_reward(text, self.keep(self._target(prompt, meta))))
-        return torch.tensor(out, dtype=torch.float32)
+        targets = [self.keep(self._target(prompt, meta)) for prompt, meta in zip(prompts, metadata)]
+        return torch.tensor([ocr_text_reward(text, target) for text, target in zip(self.read(images), targets)],
+                            dtype=torch.float32)
 
     def read(self, images: Tensor) -> list[str]:
         """The texts the engine reads in ``images`` (B, C, H, W) in [0, 1], after the character filter."""
