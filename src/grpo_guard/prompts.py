@@ -27,7 +27,6 @@ from .world.data import NUM_CLASSES, prompt_for_label
 __all__ = ["PromptSet", "PROMPT_SOURCES", "load_prompt_set", "read_prompt_jsonl", "draw_epoch_indices"]
 
 
-
 @dataclass(frozen=True)
 class PromptSet:
     """The prompts of a source: ``texts[i]`` with its metadata ``metadata[i]`` (a dict; empty when the source

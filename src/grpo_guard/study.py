@@ -43,8 +43,8 @@ from .report.runs import (Method, eval_points, format_paired_diff, format_stat, 
 from .train.summary import format_summary_line, summarise_run
 
 __all__ = ["ARMS", "DEFAULT_ARMS", "Condition", "StudyPlan", "PRESETS", "run_study", "calibrate_clip",
-           "calibration_job", "read_clip", "summarize_condition", "format_study_markdown", "SPECTRAL_WORLD", "DIGITS_WORLD", "TEXT_WORLD",
-           "REGIME_FIGURE"]
+           "calibration_job", "read_clip", "summarize_condition", "format_study_markdown", "SPECTRAL_WORLD",
+           "DIGITS_WORLD", "TEXT_WORLD", "REGIME_FIGURE"]
 
 #: the study's figure of clip fractions by advantage sign against bias/spread, every run of every arm
 REGIME_FIGURE = "clip_vs_regime.png"

@@ -118,7 +118,9 @@ class TextGoldEvaluator:
             reader_config = ReaderConfig(**{"height": self.height, "width": self.width, **dict(reader)})
         except TypeError as e:
             raise ValueError(f"eval.evaluator_params.reader: {e}") from None
-        log = getattr(ctx, "log", None) or ((lambda m: print(m, flush=True)) if getattr(ctx, "verbose", False) else None)
+        log = getattr(ctx, "log", None)
+        if log is None and getattr(ctx, "verbose", False):
+            log = lambda m: print(m, flush=True)  # noqa: E731
         self.reader = train_text_reader(reader_config, cache_dir=Path(ctx.cache_dir) / "text",
                                         log=(lambda m: log(f"text gold: reader {m}")) if log else None)
         self._templates: dict[str, Tensor] = {}

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["ALPHABET", "FONT_NAMES", "TRAINING_FONTS", "RenderStyle", "load_font", "render_text", "render_batch", "clean_style",
-           "random_style", "random_strings", "text_prompt", "text_from_prompt", "text_prompt_set"]
+__all__ = ["ALPHABET", "FONT_NAMES", "TRAINING_FONTS", "RenderStyle", "load_font", "render_text", "render_batch",
+           "clean_style", "random_style", "random_strings", "text_prompt", "text_from_prompt", "text_prompt_set"]
 
 #: the characters strings are made of (a-z without i, j, l)
 ALPHABET = "abcdefghkmnopqrstuvwxyz"
